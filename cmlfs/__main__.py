@@ -1,0 +1,3 @@
+from cmlfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""The mount lifecycle: key -> manifest -> mount -> ready -> signals -> unmount.
+
+``serve`` runs in the daemon process: it disables core dumps before the key
+exists, clears a stale mount, obtains the key, opens and authenticates the
+manifest (a wrong key or damaged manifest refuses the mount before anything is
+mounted), mounts, reports readiness, and unmounts on SIGTERM/SIGINT.
+``spawn`` is the parent side of a background mount: it starts the daemon and
+returns once the mount is ready, or raises with the daemon's reason.
+"""
+
+import ctypes
+import logging
+import os
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cmlfs.errors import CmlfsError, KeySourceError, MountError
+from cmlfs.fs import ModelFs
+from cmlfs.keys import KeySource, key_source_from_uri
+from cmlfs.manifest import MANIFEST_NAME, Manifest, open_manifest, read_envelope
+from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
+from cmlfs.reader import ModelReader
+from cmlfs.stores import Store, open_store
+
+log = logging.getLogger("cmlfs.daemon")
+
+READAHEAD_KB = 1024
+MAX_BACKGROUND = 64
+_PR_SET_DUMPABLE = 4
+
+Notify = Callable[[str | None], None]
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    """Everything a mount needs, built once by the CLI."""
+
+    store: str
+    mountpoint: Path
+    key_source: KeySource | None  # None: the key URI recorded in the manifest envelope
+    cache_bytes: int
+    allow_other: bool = False
+
+
+def disable_core_dumps() -> None:
+    """No core file and no ptrace-style dumping of a process that will hold keys and plaintext."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise MountError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def open_model(store_location: str, key_source: KeySource | None) -> tuple[Store, Manifest, bytes]:
+    """Open a store, obtain the key and authenticate the manifest with it."""
+    store = open_store(store_location)
+    data = store.read_all(MANIFEST_NAME)
+    envelope = read_envelope(data)
+    if key_source is None:
+        if envelope.key_uri is None:
+            raise KeySourceError("the model records no key URI: give --key-file or --key-uri")
+        key_source = key_source_from_uri(envelope.key_uri)
+    key = key_source.fetch_key()
+    return store, open_manifest(data, key), key
+
+
+def serve(settings: MountSettings, notify: Notify) -> None:
+    """Mount and serve until unmounted or signalled; ``notify(None)`` once ready."""
+    disable_core_dumps()
+    if not settings.mountpoint.is_dir():
+        raise MountError(f"mount point {settings.mountpoint} is not a folder")
+    if clear_stale_mount(settings.mountpoint):
+        log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
+    store, manifest, key = open_model(settings.store, settings.key_source)
+    reader = ModelReader(manifest, store, key, cache_bytes=settings.cache_bytes)
+    operations = ModelFs(manifest, reader)
+    options = set(pyfuse3.default_options) | {"fsname=cmlfs", "subtype=cmlfs", "ro", "noatime"}
+    if settings.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(operations, str(settings.mountpoint), options)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount at {settings.mountpoint}: {exc}") from None
+    log.info(
+        "event=mounted mountpoint=%s store=%s files=%d",
+        settings.mountpoint,
+        store.describe(),
+        len(manifest.files),
+    )
+    unmount = True
+    try:
+        trio.run(_serve_until_stopped, settings.mountpoint, notify)
+    except BaseException:
+        log.exception("event=daemon_failed")
+        raise
+    finally:
+        unmount = mount_entry(settings.mountpoint) is not None
+        pyfuse3.close(unmount=unmount)
+        store.close()
+        log.info("event=unmounted mountpoint=%s", settings.mountpoint)
+
+
+async def _serve_until_stopped(mountpoint: Path, notify: Notify) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_announce_ready, mountpoint, notify)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("event=signal signal=%s", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_ready(mountpoint: Path, notify: Notify) -> None:
+    """Wait until the kernel answers for the mount, tune it, then report readiness."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    entry = mount_entry(mountpoint)
+    if entry is None or entry.fstype != FS_TYPE:
+        notify(f"the mount at {mountpoint} did not appear")
+        pyfuse3.terminate()
+        return
+    if os.geteuid() == 0:
+        await trio.to_thread.run_sync(tune_connection, mountpoint)
+    notify(None)
+
+
+def tune_connection(mountpoint: Path) -> None:
+    """Raise readahead and in-flight requests so sequential reads arrive as 1 MiB requests.
+
+    Only root can; a failure leaves the kernel defaults and is logged.
+    """
+    dev = os.stat(mountpoint).st_dev
+    settings = {
+        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"): READAHEAD_KB,
+    }
+    connections = Path("/sys/fs/fuse/connections")
+    if connections.is_dir() and not any(connections.iterdir()):
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(connections)],
+            capture_output=True,
+            check=False,
+        )
+    control = connections / str(os.minor(dev))
+    settings[control / "max_background"] = MAX_BACKGROUND
+    settings[control / "congestion_threshold"] = MAX_BACKGROUND * 3 // 4
+    for path, value in settings.items():
+        try:
+            path.write_text(f"{value}\n")
+        except OSError as exc:
+            log.info("event=tuning_skipped path=%s reason=%s", path, exc.strerror)
+
+
+# --- the parent side of a background mount -------------------------------------------------
+
+
+def ready_pipe_notifier(fd: int) -> Notify:
+    """A Notify that writes one line to the parent's readiness pipe, then closes it."""
+
+    def notify(error: str | None) -> None:
+        line = "ready\n" if error is None else f"error: {error}\n"
+        try:
+            os.write(fd, line.encode("utf-8", "replace"))
+            os.close(fd)
+        except OSError:
+            pass
+
+    return notify
+
+
+def spawn(child_args: list[str], log_file: Path | None, timeout: float) -> None:
+    """Start ``cmlfs <child_args> --foreground`` detached and wait for its readiness line."""
+    read_fd, write_fd = os.pipe()
+    log_target = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cmlfs",
+                *child_args,
+                "--foreground",
+                "--ready-fd",
+                str(write_fd),
+            ],
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=log_target,
+            stderr=log_target,
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_fd)
+        if log_file:
+            log_target.close()
+    try:
+        line = _read_line(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if line == "ready":
+        return
+    if line.startswith("error: "):
+        raise MountError(line.removeprefix("error: "))
+    if not line:
+        try:
+            code = child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise MountError(f"the daemon did not become ready within {timeout:g}s") from None
+        raise MountError(f"the daemon exited with status {code} before the mount was ready")
+    raise MountError(f"unexpected readiness message from the daemon: {line!r}")
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").partition("\n")[0]
+
+
+def serve_reporting(settings: MountSettings, notify: Notify) -> int:
+    """``serve`` with errors before readiness reported through ``notify``; returns an exit code."""
+    ready = False
+
+    def notify_once(error: str | None) -> None:
+        nonlocal ready
+        if not ready:
+            ready = error is None
+            notify(error)
+
+    try:
+        serve(settings, notify_once)
+    except CmlfsError as exc:
+        notify_once(str(exc))
+        raise
+    return 0

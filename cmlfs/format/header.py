@@ -1,0 +1,145 @@
+"""The blob header, and sealing/opening a blob's chunks (docs/FORMAT.md, "Blob").
+
+``BlobSealer`` turns plaintext chunks into records under a fresh salt;
+``BlobOpener`` checks a header against the model key (key commitment) and
+opens records. Each record's associated data binds the header digest, the
+chunk index and a last-chunk flag, so a record moved, duplicated, dropped or
+taken from another blob fails authentication.
+"""
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cmlfs.errors import FormatError, IntegrityError
+from cmlfs.format.aead import Algorithm, RecordCipher
+from cmlfs.format.keys import SALT_LEN, Purpose, derive_object_key, open_object_key
+from cmlfs.format.layout import (
+    HEADER_LEN,
+    MAX_CHUNK_LOG2,
+    MIN_CHUNK_LOG2,
+    NONCE_LEN,
+    ChunkLayout,
+    chunk_size_log2,
+)
+
+BLOB_MAGIC = b"CMLFSBLB"
+BLOB_VERSION = 1
+_HEADER = struct.Struct(">8sHHB3sQ32s32s")
+assert _HEADER.size == HEADER_LEN
+
+NonceSource = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class BlobHeader:
+    """The parsed, structurally valid header of one blob (not yet key-checked)."""
+
+    algorithm: Algorithm
+    layout: ChunkLayout
+    salt: bytes
+    commitment: bytes
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(
+            BLOB_MAGIC,
+            BLOB_VERSION,
+            self.algorithm,
+            chunk_size_log2(self.layout.chunk_size),
+            bytes(3),
+            self.layout.plaintext_size,
+            self.salt,
+            self.commitment,
+        )
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the packed header: bound into every record and the manifest."""
+        return hashlib.sha256(self.pack()).digest()
+
+    @classmethod
+    def parse(cls, data: bytes) -> "BlobHeader":
+        if len(data) != HEADER_LEN:
+            raise FormatError(f"blob header is {HEADER_LEN} bytes, got {len(data)}")
+        magic, version, alg, log2, reserved, size, salt, commitment = _HEADER.unpack(data)
+        if magic != BLOB_MAGIC:
+            raise FormatError("not a cmlfs blob (bad magic)")
+        if version != BLOB_VERSION:
+            raise FormatError(f"unsupported blob format version {version}")
+        if not MIN_CHUNK_LOG2 <= log2 <= MAX_CHUNK_LOG2:
+            raise FormatError(f"invalid chunk size exponent {log2}")
+        if reserved != bytes(3):
+            raise FormatError("reserved header bytes are not zero")
+        try:
+            layout = ChunkLayout(1 << log2, size)
+        except ValueError as exc:
+            raise FormatError(str(exc)) from None
+        return cls(Algorithm.from_id(alg), layout, salt, commitment)
+
+
+def chunk_associated_data(header_digest: bytes, index: int, last: bool) -> bytes:
+    """AD of one record: header digest || u64 chunk index || u8 last-chunk flag."""
+    return header_digest + struct.pack(">QB", index, 1 if last else 0)
+
+
+class BlobSealer:
+    """Seals one plaintext of known size into a blob (header, then records in order)."""
+
+    def __init__(
+        self,
+        model_key: bytes,
+        layout: ChunkLayout,
+        algorithm: Algorithm = Algorithm.AES_256_GCM_SIV,
+        salt: bytes | None = None,
+        nonces: NonceSource = os.urandom,
+    ) -> None:
+        salt = os.urandom(SALT_LEN) if salt is None else salt
+        key, commitment = derive_object_key(model_key, salt, Purpose.CONTENT)
+        self.header = BlobHeader(algorithm, layout, salt, commitment)
+        self._header_digest = self.header.digest
+        self._cipher = RecordCipher(algorithm, key)
+        self._nonces = nonces
+
+    def seal_chunk(self, index: int, plaintext: bytes) -> bytes:
+        layout = self.header.layout
+        if len(plaintext) != layout.chunk_len(index):
+            raise ValueError(f"chunk {index} must hold {layout.chunk_len(index)} bytes")
+        ad = chunk_associated_data(self._header_digest, index, layout.is_last(index))
+        return self._cipher.seal(plaintext, ad, self._nonces(NONCE_LEN))
+
+
+class BlobOpener:
+    """Opens the records of one blob whose header matched the model key."""
+
+    def __init__(self, model_key: bytes, header: BlobHeader) -> None:
+        key = open_object_key(model_key, header.salt, header.commitment, Purpose.CONTENT)
+        self.header = header
+        self.layout = header.layout
+        self._header_digest = header.digest
+        self._cipher = RecordCipher(header.algorithm, key)
+
+    def open_chunk(self, index: int, record: bytes | memoryview) -> bytes:
+        """Authenticated plaintext of chunk ``index``, or IntegrityError."""
+        if len(record) != self.layout.record_len(index):
+            raise IntegrityError(f"chunk {index}: record has the wrong length")
+        ad = chunk_associated_data(self._header_digest, index, self.layout.is_last(index))
+        try:
+            return self._cipher.open(record, ad)
+        except IntegrityError:
+            raise IntegrityError(f"chunk {index}: authentication failed") from None
+
+    def open_span(self, first: int, last: int, data: bytes | memoryview) -> list[bytes]:
+        """Open the records of chunks ``first..last`` from one contiguous read of them."""
+        offset, length = self.layout.records_span(first, last)
+        if len(data) != length:
+            raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
+        view = memoryview(data)
+        chunks = []
+        for index in range(first, last + 1):
+            start = self.layout.record_offset(index) - offset
+            chunks.append(
+                self.open_chunk(index, view[start : start + self.layout.record_len(index)])
+            )
+        return chunks

@@ -1,0 +1,170 @@
+"""The FUSE layer: a thin, read-only pyfuse3 ``Operations`` over a manifest and a ModelReader.
+
+It only translates requests: inode numbers to manifest entries, reads to
+``ModelReader.read``. Files are opened with the page cache kept (no direct_io),
+so re-reads never reach the daemon and mmap works with MAP_SHARED. Any error
+becomes an errno: integrity and store failures are EIO, and an unexpected
+exception is logged and also becomes EIO, so a handler never kills the daemon.
+"""
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+from cmlfs.errors import CmlfsError
+from cmlfs.manifest import Manifest
+from cmlfs.reader import ModelReader
+
+log = logging.getLogger("cmlfs.fs")
+
+ATTR_TIMEOUT = 3600.0  # the tree never changes while mounted
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn every failure of a handler into a FUSEError, so the daemon survives it."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CmlfsError as exc:
+            log.error("event=read_failed op=%s reason=%s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("event=handler_crashed op=%s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class Node:
+    inode: int
+    mode: int  # with the S_IFDIR or S_IFREG bit
+    size: int
+    mtime_ns: int
+    file_index: int | None = None  # index into manifest.files for regular files
+    children: dict[bytes, int] = field(default_factory=dict)
+    names: list[bytes] = field(default_factory=list)  # children in readdir order
+
+
+def build_tree(manifest: Manifest) -> dict[int, Node]:
+    """Inode table of the model: folders and files of the manifest, root at ROOT_INODE."""
+    nodes: dict[int, Node] = {}
+    by_path: dict[str, Node] = {}
+    for d in sorted(manifest.dirs, key=lambda d: d.path):
+        inode = pyfuse3.ROOT_INODE if d.path == "" else len(nodes) + pyfuse3.ROOT_INODE
+        node = Node(inode, stat.S_IFDIR | (d.mode & ~_WRITE_BITS), 0, d.mtime_ns)
+        nodes[inode] = by_path[d.path] = node
+    for index, f in enumerate(manifest.files):
+        inode = len(nodes) + pyfuse3.ROOT_INODE
+        node = Node(inode, stat.S_IFREG | (f.mode & ~_WRITE_BITS), f.size, f.mtime_ns, index)
+        nodes[inode] = by_path[f.path] = node
+    for path, node in by_path.items():
+        if path:
+            parent, _, name = path.rpartition("/")
+            by_path[parent].children[os.fsencode(name)] = node.inode
+    for node in nodes.values():
+        node.names = sorted(node.children)
+    return nodes
+
+
+class ModelFs(pyfuse3.Operations):
+    """Read-only view of one model; all data comes from the reader."""
+
+    def __init__(self, manifest: Manifest, reader: ModelReader) -> None:
+        super().__init__()
+        self.reader = reader
+        self.nodes = build_tree(manifest)
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    def _node(self, inode: int) -> Node:
+        node = self.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.inode
+        attrs.st_mode = node.mode
+        attrs.st_nlink = 2 + len(node.children) if node.file_index is None else 1
+        attrs.st_size = node.size
+        attrs.st_blksize = 1 << 16
+        attrs.st_blocks = -(-node.size // 512)
+        attrs.st_uid = self._uid
+        attrs.st_gid = self._gid
+        attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = node.mtime_ns
+        attrs.entry_timeout = attrs.attr_timeout = ATTR_TIMEOUT
+        return attrs
+
+    @_errno_boundary
+    async def lookup(self, parent_inode, name, ctx=None):
+        child = self._node(parent_inode).children.get(bytes(name))
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(self.nodes[child])
+
+    @_errno_boundary
+    async def getattr(self, inode, ctx=None):
+        return self._attributes(self._node(inode))
+
+    @_errno_boundary
+    async def opendir(self, inode, ctx):
+        if self._node(inode).file_index is not None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_errno_boundary
+    async def readdir(self, fh, start_id, token):
+        node = self._node(fh)
+        for position in range(start_id, len(node.names)):
+            name = node.names[position]
+            child = self.nodes[node.children[name]]
+            if not pyfuse3.readdir_reply(token, name, self._attributes(child), position + 1):
+                break
+
+    async def releasedir(self, fh):
+        pass
+
+    @_errno_boundary
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.file_index is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @_errno_boundary
+    async def read(self, fh, off, size):
+        return await self.reader.read(self._node(fh).file_index, off, size)
+
+    async def release(self, fh):
+        pass
+
+    @_errno_boundary
+    async def statfs(self, ctx):
+        result = pyfuse3.StatvfsData()
+        total = sum(node.size for node in self.nodes.values())
+        result.f_bsize = result.f_frsize = 4096
+        result.f_blocks = -(-total // 4096)
+        result.f_bfree = result.f_bavail = 0
+        result.f_files = len(self.nodes)
+        result.f_ffree = result.f_favail = 0
+        result.f_namemax = 255
+        return result

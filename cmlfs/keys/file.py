@@ -1,0 +1,54 @@
+"""A model key kept in a local file: development and publishing only.
+
+On a serving machine the key should come from an attested key broker; a key
+file means the key sits on that machine's disk.
+"""
+
+import os
+import stat
+from pathlib import Path
+
+from cmlfs.errors import KeySourceError
+from cmlfs.format.keys import MODEL_KEY_LEN
+
+
+class FileKeySource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return f"key file {self.path}"
+
+    def fetch_key(self) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KeySourceError(f"cannot open key file {self.path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeySourceError(f"key file {self.path} is not a regular file")
+            key = os.read(fd, MODEL_KEY_LEN + 1)
+        finally:
+            os.close(fd)
+        if len(key) != MODEL_KEY_LEN:
+            raise KeySourceError(
+                f"key file {self.path} does not hold exactly {MODEL_KEY_LEN} raw bytes "
+                "(make one with 'cmlfs keygen')"
+            )
+        return key
+
+
+def generate_key_file(path: Path) -> None:
+    """Write 32 random bytes to a new file of mode 0600; refuse to overwrite anything."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise KeySourceError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise KeySourceError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, os.urandom(MODEL_KEY_LEN))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

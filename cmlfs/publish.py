@@ -1,0 +1,201 @@
+"""Encrypting a model folder into a store folder (the model owner's side).
+
+Reads plaintext only from the source folder and writes only ciphertext: each
+regular file becomes one blob ``blobs/<sha256 of the blob>``, then the sealed
+``manifest.cmlfs`` is written last, so a store without a manifest is visibly
+incomplete. On failure everything written is removed.
+"""
+
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmlfs.errors import CmlfsError, FormatError
+from cmlfs.format.aead import Algorithm
+from cmlfs.format.header import BlobSealer
+from cmlfs.format.layout import DEFAULT_CHUNK_SIZE, ChunkLayout
+from cmlfs.manifest import (
+    MANIFEST_NAME,
+    DirEntry,
+    FileEntry,
+    Manifest,
+    check_path,
+    seal_manifest,
+)
+
+Progress = Callable[[int], None]
+
+
+class PublishError(CmlfsError):
+    """The source folder or the destination cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class EncryptSettings:
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    algorithm: Algorithm = Algorithm.AES_256_GCM_SIV
+    model_name: str = ""
+    model_version: str = ""
+    key_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # model path, "/"-separated
+    real: str  # file to read (a symlink's target inside the source folder)
+    stat: os.stat_result
+
+
+def scan_source(src: Path) -> tuple[list[SourceFile], list[DirEntry]]:
+    """List the regular files and folders of ``src``; refuse what cannot be encrypted faithfully."""
+    root = os.path.realpath(src)
+    if not os.path.isdir(root):
+        raise PublishError(f"{src} is not a folder")
+    root_stat = os.stat(root)
+    dirs = [DirEntry("", stat.S_IMODE(root_stat.st_mode), root_stat.st_mtime_ns)]
+    files = []
+    for current, dirnames, filenames in os.walk(root, onerror=_raise):
+        rel = os.path.relpath(current, root)
+        prefix = "" if rel == "." else rel + "/"
+        dirnames.sort()
+        for name in dirnames:
+            st = os.lstat(os.path.join(current, name))
+            if stat.S_ISLNK(st.st_mode):
+                raise PublishError(f"{prefix}{name} is a symlink to a folder; copy it with cp -rL")
+            _checked(prefix + name)
+            dirs.append(DirEntry(prefix + name, stat.S_IMODE(st.st_mode), st.st_mtime_ns))
+        for name in sorted(filenames):
+            full = os.path.join(current, name)
+            path = _checked(prefix + name)
+            st = os.lstat(full)
+            real = full
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(full)
+                if os.path.commonpath([root, real]) != root:
+                    raise PublishError(f"{path} is a symlink that leads out of {src}")
+                st = os.stat(real)
+            if not stat.S_ISREG(st.st_mode):
+                raise PublishError(f"{path} is not a regular file")
+            files.append(SourceFile(path, real, st))
+    return files, dirs
+
+
+def encrypt_model(
+    src: Path,
+    store: Path,
+    model_key: bytes,
+    settings: EncryptSettings,
+    progress: Progress = lambda n: None,
+) -> Manifest:
+    """Encrypt every regular file under ``src`` into the empty or new folder ``store``."""
+    files, dirs = scan_source(src)
+    src_real = os.path.realpath(src)
+    store_real = os.path.realpath(store)
+    if os.path.commonpath([src_real, store_real]) == src_real:
+        raise PublishError("the store folder must not be inside the source folder")
+    created = _prepare_store(store)
+    try:
+        blobs = store / "blobs"
+        blobs.mkdir()
+        entries = tuple(_encrypt_file(f, blobs, model_key, settings, progress) for f in files)
+        manifest = Manifest(
+            name=settings.model_name,
+            version=settings.model_version,
+            chunk_size=settings.chunk_size,
+            algorithm=settings.algorithm,
+            files=entries,
+            dirs=tuple(dirs),
+        )
+        _write_new(store / MANIFEST_NAME, seal_manifest(manifest, model_key, settings.key_uri))
+        return manifest
+    except BaseException:
+        _remove_output(store, created)
+        raise
+
+
+def total_bytes(src: Path) -> int:
+    return sum(f.stat.st_size for f in scan_source(src)[0])
+
+
+def _encrypt_file(
+    source: SourceFile, blobs: Path, model_key: bytes, settings: EncryptSettings, progress: Progress
+) -> FileEntry:
+    layout = ChunkLayout(settings.chunk_size, source.stat.st_size)
+    sealer = BlobSealer(model_key, layout, settings.algorithm)
+    header = sealer.header.pack()
+    plain_hash = hashlib.sha256()
+    blob_hash = hashlib.sha256(header)
+    partial = blobs / f".partial-{os.urandom(8).hex()}"
+    with open(source.real, "rb") as reader, open(partial, "xb") as writer:
+        if os.fstat(reader.fileno()).st_size != layout.plaintext_size:
+            raise PublishError(f"{source.path} changed while it was being encrypted")
+        writer.write(header)
+        for index in range(layout.n_chunks):
+            chunk = reader.read(layout.chunk_len(index))
+            if len(chunk) != layout.chunk_len(index):
+                raise PublishError(f"{source.path} changed while it was being encrypted")
+            plain_hash.update(chunk)
+            record = sealer.seal_chunk(index, chunk)
+            blob_hash.update(record)
+            writer.write(record)
+            progress(len(chunk))
+        if reader.read(1):
+            raise PublishError(f"{source.path} changed while it was being encrypted")
+    name = blob_hash.hexdigest()
+    os.rename(partial, blobs / name)
+    return FileEntry(
+        path=source.path,
+        size=layout.plaintext_size,
+        mode=stat.S_IMODE(source.stat.st_mode),
+        mtime_ns=source.stat.st_mtime_ns,
+        blob=name,
+        blob_size=layout.blob_size,
+        header_sha256=hashlib.sha256(header).hexdigest(),
+        sha256=plain_hash.hexdigest(),
+    )
+
+
+def _checked(path: str) -> str:
+    try:
+        check_path(path)
+    except FormatError as exc:
+        raise PublishError(f"cannot encrypt {path!r}: {exc}") from None
+    return path
+
+
+def _prepare_store(store: Path) -> bool:
+    """Make sure ``store`` is a new or empty folder; return True if we created it."""
+    if store.exists():
+        if not store.is_dir() or any(store.iterdir()):
+            raise PublishError(f"store folder {store} is not empty; refusing to mix models")
+        return False
+    store.mkdir(parents=True)
+    return True
+
+
+def _remove_output(store: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(store, ignore_errors=True)
+    elif store.is_dir():
+        for child in store.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "xb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(partial, path)
+
+
+def _raise(error: OSError) -> None:
+    raise PublishError(f"cannot read {error.filename}: {error.strerror}")

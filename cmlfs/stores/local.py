@@ -1,0 +1,73 @@
+"""A store in a local folder: ``manifest.cmlfs`` and ``blobs/<sha256>``."""
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+from cmlfs.errors import StoreError
+from cmlfs.stores.base import MAX_WHOLE_READ, check_name
+
+
+class LocalStore:
+    """Reads with ``pread`` on descriptors opened once and shared by all threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        if not root.is_dir():
+            raise StoreError(f"store folder {root} does not exist")
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def size(self, name: str) -> int:
+        return os.fstat(self._fd(name)).st_size
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd(name), length, offset)
+        except OSError as exc:
+            raise StoreError(f"{name}: read failed: {os.strerror(exc.errno)}") from None
+        if len(data) != length:
+            raise StoreError(f"{name}: object is shorter than expected")
+        return data
+
+    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
+        size = self.size(name)
+        if size > limit:
+            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
+        return self.read_range(name, 0, size)
+
+    def list(self) -> list[str]:
+        names = []
+        if (self.root / "manifest.cmlfs").is_file():
+            names.append("manifest.cmlfs")
+        blobs = self.root / "blobs"
+        if blobs.is_dir():
+            names.extend(f"blobs/{p.name}" for p in sorted(blobs.iterdir()) if p.is_file())
+        return names
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def _fd(self, name: str) -> int:
+        fd = self._fds.get(name)
+        if fd is not None:
+            return fd
+        path = self.root / check_name(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise StoreError(f"{name}: not found in {self.root}") from None
+            raise StoreError(f"{name}: cannot open: {os.strerror(exc.errno)}") from None
+        with self._lock:
+            existing = self._fds.setdefault(name, fd)
+        if existing != fd:
+            os.close(fd)
+        return existing
