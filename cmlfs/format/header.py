@@ -130,16 +130,25 @@ class BlobOpener:
         except IntegrityError:
             raise IntegrityError(f"chunk {index}: authentication failed") from None
 
-    def open_span(self, first: int, last: int, data: bytes | memoryview) -> list[bytes]:
-        """Open the records of chunks ``first..last`` from one contiguous read of them."""
+    def open_span(
+        self, first: int, last: int, data: bytes | memoryview
+    ) -> list[bytes | IntegrityError]:
+        """Open the records of chunks ``first..last`` from one contiguous read of them.
+
+        A record that fails is returned as its IntegrityError, so that its
+        intact neighbours in the same read stay usable.
+        """
         offset, length = self.layout.records_span(first, last)
         if len(data) != length:
             raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
         view = memoryview(data)
-        chunks = []
+        results: list[bytes | IntegrityError] = []
         for index in range(first, last + 1):
             start = self.layout.record_offset(index) - offset
-            chunks.append(
-                self.open_chunk(index, view[start : start + self.layout.record_len(index)])
-            )
-        return chunks
+            try:
+                results.append(
+                    self.open_chunk(index, view[start : start + self.layout.record_len(index)])
+                )
+            except IntegrityError as exc:
+                results.append(exc)
+        return results

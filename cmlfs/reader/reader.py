@@ -58,7 +58,7 @@ class ModelReader:
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
         self._openers: dict[int, BlobOpener] = {}
         self._opening: SingleFlight[BlobOpener] = SingleFlight()
-        self._fetching: SingleFlight[list[bytes]] = SingleFlight()
+        self._fetching: SingleFlight[list[bytes | IntegrityError]] = SingleFlight()
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
 
     async def read(self, index: int, offset: int, size: int) -> bytes:
@@ -67,7 +67,7 @@ class ModelReader:
         chunks = layout.chunks_for_range(offset, size)
         if not chunks:
             return b""
-        found: dict[int, bytes] = {}
+        found: dict[int, bytes | IntegrityError] = {}
         missing_runs: list[int] = []
         for chunk in chunks:
             data = self.cache.get((index, chunk))
@@ -77,14 +77,23 @@ class ModelReader:
                 missing_runs.append(chunk // self._run_chunks)
         if missing_runs:
             opener = await self._opener(index)
-            async with trio.open_nursery() as nursery:
-                for run in missing_runs:
-                    nursery.start_soon(self._collect_run, index, opener, run, found)
+            if len(missing_runs) == 1:
+                await self._collect_run(index, opener, missing_runs[0], found)
+            else:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for run in missing_runs:
+                            nursery.start_soon(self._collect_run, index, opener, run, found)
+                except ExceptionGroup as group:
+                    raise _first_leaf(group) from None
         end = offset + size
         pieces = []
         for chunk in chunks:
             base = layout.chunk_offset(chunk)
             data = found[chunk]
+            if isinstance(data, IntegrityError):
+                self.stats.integrity_failures += 1
+                raise data
             pieces.append(memoryview(data)[max(offset - base, 0) : min(end - base, len(data))])
         result = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
         self.stats.bytes_read += len(result)
@@ -95,7 +104,7 @@ class ModelReader:
         await self._opener(index)
 
     async def _collect_run(
-        self, index: int, opener: BlobOpener, run: int, found: dict[int, bytes]
+        self, index: int, opener: BlobOpener, run: int, found: dict[int, bytes | IntegrityError]
     ) -> None:
         first = run * self._run_chunks
         plaintexts = await self._fetching.run(
@@ -104,27 +113,35 @@ class ModelReader:
         for offset, data in enumerate(plaintexts):
             found[first + offset] = data
 
-    async def _fetch_run(self, index: int, opener: BlobOpener, first: int) -> list[bytes]:
+    async def _fetch_run(
+        self, index: int, opener: BlobOpener, first: int
+    ) -> list[bytes | IntegrityError]:
         layout = self._layouts[index]
         last = min(first + self._run_chunks, layout.n_chunks) - 1
         entry = self.manifest.files[index]
         self.stats.store_requests += 1
         plaintexts = await self._in_thread(self._fetch_and_open, entry, opener, first, last)
         for offset, data in enumerate(plaintexts):
-            self.cache.put((index, first + offset), data)
-            self.stats.bytes_decrypted += len(data)
-        self.stats.chunks_decrypted += len(plaintexts)
+            if isinstance(data, bytes):
+                self.cache.put((index, first + offset), data)
+                self.stats.bytes_decrypted += len(data)
+                self.stats.chunks_decrypted += 1
         return plaintexts
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int
-    ) -> list[bytes]:
+    ) -> list[bytes | IntegrityError]:
+        """Chunk plaintexts of one run; a chunk that failed is its error, named by file."""
         offset, length = opener.layout.records_span(first, last)
         data = self.store.read_range(entry.blob_name, offset, length)
         try:
-            return opener.open_span(first, last, data)
+            results = opener.open_span(first, last, data)
         except IntegrityError as exc:
             raise IntegrityError(f"{entry.path}: {exc}") from None
+        return [
+            IntegrityError(f"{entry.path}: {r}") if isinstance(r, IntegrityError) else r
+            for r in results
+        ]
 
     async def _opener(self, index: int) -> BlobOpener:
         opener = self._openers.get(index)
@@ -168,3 +185,9 @@ class ModelReader:
         if actual != layout.blob_size or actual != entry.blob_size:
             raise IntegrityError(f"{entry.path}: blob is truncated or extended")
         return opener
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first error of a nursery's group, so callers see one typed error, not a group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

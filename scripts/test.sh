@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs and run all of it: lint, unit,
+# FUSE (real mounts), end-to-end. Tests start the servers they need themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+.venv/bin/ruff check cmlfs tests benchmarks
+.venv/bin/ruff format --check cmlfs tests benchmarks
+# pytest exits 5 when it collected no test: that is a failure too.
+.venv/bin/python -m pytest -p no:cacheprovider -ra tests "$@"

@@ -1,0 +1,134 @@
+"""Fixtures shared by every tier: sample models, the CLI, and real mounts with cleanup."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from cmlfs.mountpoint import mount_entry
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every regular file under ``root``."""
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def write_sample_model(root: Path, seed: int = 1) -> dict[str, bytes]:
+    """A small model folder covering the awkward cases; returns path -> content."""
+    rng = __import__("random").Random(seed)
+    chunk = 64 * 1024
+    contents = {
+        "config.json": b'{"model_type": "demo", "hidden_size": 64}\n',
+        "model.safetensors": rng.randbytes(5 * chunk + 123),
+        "exact-chunk.bin": rng.randbytes(chunk),
+        "chunk-plus-one.bin": rng.randbytes(chunk + 1),
+        "chunk-minus-one.bin": rng.randbytes(chunk - 1),
+        "one-byte": b"x",
+        "empty.txt": b"",
+        "tokenizer/vocab.txt": b"\n".join(b"tok%d" % i for i in range(2000)),
+        "deep/a/b/c/d/e/f/leaf.bin": rng.randbytes(3000),
+        "ünïcödé/модель 日本.bin": rng.randbytes(70000),
+    }
+    for rel, data in contents.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "empty-folder").mkdir()
+    return contents
+
+
+def run_cli(*args: str | os.PathLike, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``cmlfs ARGS`` as a user would, capturing output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cmlfs", *map(str, args)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"cmlfs {' '.join(map(str, args))} exited {result.returncode}: {result.stderr}"
+        )
+    return result
+
+
+def force_unmount(mountpoint: Path) -> None:
+    while mount_entry(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        time.sleep(0.05)
+
+
+@contextmanager
+def mounted(store: Path | str, mountpoint: Path, *args: str | os.PathLike) -> Iterator[Path]:
+    """A background ``cmlfs mount``; always unmounted afterwards, even if the test failed."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    try:
+        run_cli("mount", store, mountpoint, *args)
+        assert mount_entry(mountpoint) is not None
+        yield mountpoint
+    finally:
+        force_unmount(mountpoint)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.key"
+    run_cli("keygen", "--out", path)
+    return path
+
+
+@pytest.fixture
+def sample_model(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    src = tmp_path / "model"
+    return src, write_sample_model(src)
+
+
+@pytest.fixture
+def encrypted_model(tmp_path: Path, sample_model, key_file: Path):
+    """(source folder, contents, store folder, key file) of an encrypted sample model."""
+    src, contents = sample_model
+    store = tmp_path / "store"
+    run_cli("encrypt", src, store, "--key-file", key_file)
+    return src, contents, store, key_file
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    """The pid of the cmlfs daemon serving ``mountpoint`` (found by its command line)."""
+    target = str(mountpoint)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and b"cmlfs" in argv and os.fsencode(target) in argv:
+            return int(proc.name)
+    raise AssertionError(f"no cmlfs daemon serves {mountpoint}")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

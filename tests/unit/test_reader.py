@@ -1,0 +1,140 @@
+"""ModelReader over a LocalStore: plaintext reads, single decryption, integrity, budget (no FUSE)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cmlfs.errors import IntegrityError
+from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD
+from cmlfs.manifest import MANIFEST_NAME, open_manifest
+from cmlfs.publish import EncryptSettings, encrypt_model
+from cmlfs.reader import ModelReader
+from cmlfs.stores import LocalStore
+
+CHUNK = 4096
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reader")
+    src = root / "src"
+    src.mkdir()
+    contents = {"big.bin": os.urandom(40 * CHUNK + 17), "small.txt": b"hello", "empty": b""}
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    store = root / "store"
+    encrypt_model(src, store, KEY, EncryptSettings(chunk_size=CHUNK))
+    return store, contents
+
+
+def open_reader(store: Path, **kwargs) -> tuple[ModelReader, dict[str, int]]:
+    local = LocalStore(store)
+    manifest = open_manifest(local.read_all(MANIFEST_NAME), KEY)
+    reader = ModelReader(manifest, local, KEY, **kwargs)
+    return reader, {f.path: i for i, f in enumerate(manifest.files)}
+
+
+def read(reader: ModelReader, index: int, offset: int, size: int) -> bytes:
+    return trio.run(reader.read, index, offset, size)
+
+
+def test_whole_files_read_back_exactly(model):
+    store, contents = model
+    reader, index = open_reader(store)
+    for name, data in contents.items():
+        assert read(reader, index[name], 0, len(data) + 100) == data
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(offset=st.integers(0, 41 * CHUNK), size=st.integers(0, 12 * CHUNK))
+def test_random_ranges_equal_the_plaintext(model, offset, size):
+    store, contents = model
+    reader, index = open_reader(store, cache_bytes=3 * CHUNK, run_bytes=4 * CHUNK)
+    assert (
+        read(reader, index["big.bin"], offset, size) == contents["big.bin"][offset : offset + size]
+    )
+
+
+def test_concurrent_readers_of_one_chunk_decrypt_it_once(model):
+    store, contents = model
+    reader, index = open_reader(store, run_bytes=CHUNK)
+
+    async def main():
+        results = []
+
+        async def one():
+            results.append(await reader.read(index["big.bin"], 5 * CHUNK + 10, 100))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(16):
+                nursery.start_soon(one)
+        return results
+
+    results = trio.run(main)
+    assert results == [contents["big.bin"][5 * CHUNK + 10 : 5 * CHUNK + 110]] * 16
+    assert reader.stats.chunks_decrypted == 1
+    assert reader.stats.store_requests == 1
+
+
+def test_neighbouring_reads_do_not_decrypt_a_chunk_twice(model):
+    store, contents = model
+    reader, index = open_reader(store, run_bytes=8 * CHUNK)
+    big = index["big.bin"]
+    for offset in range(0, 40 * CHUNK, 3000):
+        assert read(reader, big, offset, 3000) == contents["big.bin"][offset : offset + 3000]
+    assert reader.stats.chunks_decrypted == 41  # every chunk, once
+
+
+def test_cache_stays_within_its_budget(model):
+    store, contents = model
+    reader, index = open_reader(store, cache_bytes=5 * CHUNK, run_bytes=2 * CHUNK)
+    data = read(reader, index["big.bin"], 0, len(contents["big.bin"]))
+    assert data == contents["big.bin"]
+    assert 0 < reader.cache.used <= 5 * CHUNK
+
+
+def test_damaged_chunk_fails_only_reads_that_touch_it(model, tmp_path):
+    store, contents = model
+    damaged = tmp_path / "store"
+    os.system(f"cp -r {store} {damaged}")
+    reader, index = open_reader(damaged, run_bytes=CHUNK)
+    blob = damaged / reader.manifest.files[index["big.bin"]].blob_name
+    raw = bytearray(blob.read_bytes())
+    raw[HEADER_LEN + 7 * (CHUNK + RECORD_OVERHEAD) + 100] ^= 1
+    blob.write_bytes(raw)
+    big = index["big.bin"]
+    with pytest.raises(IntegrityError, match="big.bin: chunk 7"):
+        read(reader, big, 7 * CHUNK + 5, 1)
+    with pytest.raises(IntegrityError):
+        read(reader, big, 6 * CHUNK, 2 * CHUNK)
+    assert read(reader, big, 0, 7 * CHUNK) == contents["big.bin"][: 7 * CHUNK]
+    assert read(reader, big, 8 * CHUNK, CHUNK) == contents["big.bin"][8 * CHUNK : 9 * CHUNK]
+    assert reader.cache.get((big, 7)) is None
+    assert reader.stats.integrity_failures == 2
+
+
+@pytest.mark.parametrize("change", ["truncate", "extend", "header"])
+def test_blob_that_disagrees_with_the_manifest_is_refused(model, tmp_path, change):
+    store, _ = model
+    damaged = tmp_path / "store"
+    os.system(f"cp -r {store} {damaged}")
+    reader, index = open_reader(damaged)
+    blob = damaged / reader.manifest.files[index["big.bin"]].blob_name
+    raw = bytearray(blob.read_bytes())
+    if change == "truncate":
+        raw = raw[:-RECORD_OVERHEAD]
+    elif change == "extend":
+        raw += b"\0" * 64
+    else:
+        raw[20] ^= 0x80
+    blob.write_bytes(raw)
+    with pytest.raises(IntegrityError):
+        read(reader, index["big.bin"], 0, 10)
+    assert read(reader, index["small.txt"], 0, 10) == b"hello"
