@@ -1,7 +1,7 @@
 """Facts about mount points (from /proc/self/mountinfo) and fusermount3 calls.
 
-``os.stat`` on a live FUSE mount waits for its daemon, so the mount table is
-read from mountinfo; stat is used only to tell a dead mount (ENOTCONN) from a
+Calls on a live FUSE mount wait for its daemon, so the mount table is read
+from mountinfo; statfs is used only to tell a dead mount (ENOTCONN) from a
 live one.
 """
 
@@ -48,9 +48,12 @@ def is_cmlfs_mount(path: Path) -> bool:
 
 
 def mount_is_dead(path: Path) -> bool:
-    """True when the FUSE daemon behind ``path`` is gone (the kernel answers ENOTCONN)."""
+    """True when the FUSE daemon behind ``path`` is gone (the kernel answers ENOTCONN).
+
+    statfs always reaches the daemon; stat may be answered from cached attributes.
+    """
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
