@@ -144,7 +144,7 @@ def mount(store: Path, mnt: Path, key: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("case", sorted(BLOB_CASES))
 def test_damaged_blob_reads_fail_with_eio_and_never_return_wrong_bytes(pristine, tmp_path, case):
-    root, contents, key = pristine
+    _, contents, key = pristine
     store, blobs, other = damaged_store(pristine, tmp_path)
     damage, bad_chunks = BLOB_CASES[case]
     damage(blobs, other)
@@ -219,7 +219,6 @@ def test_manifest_from_another_encryption_serves_no_wrong_bytes(pristine, tmp_pa
 
 
 def test_wrong_key_refuses_the_mount(pristine, tmp_path):
-    _, _, _ = pristine
     store, _, _ = damaged_store(pristine, tmp_path)
     wrong = tmp_path / "wrong.key"
     run_cli("keygen", "--out", wrong)

@@ -1,4 +1,4 @@
-"""ModelReader over a LocalStore: plaintext reads, single decryption, integrity, budget (no FUSE)."""
+"""ModelReader over a LocalStore: reads, single decryption, integrity, budget (no FUSE)."""
 
 import os
 from pathlib import Path
@@ -110,7 +110,7 @@ def test_damaged_chunk_fails_only_reads_that_touch_it(model, tmp_path):
     raw[HEADER_LEN + 7 * (CHUNK + RECORD_OVERHEAD) + 100] ^= 1
     blob.write_bytes(raw)
     big = index["big.bin"]
-    with pytest.raises(IntegrityError, match="big.bin: chunk 7"):
+    with pytest.raises(IntegrityError, match=r"big\.bin: chunk 7"):
         read(reader, big, 7 * CHUNK + 5, 1)
     with pytest.raises(IntegrityError):
         read(reader, big, 6 * CHUNK, 2 * CHUNK)
