@@ -35,6 +35,10 @@ MAX_MANIFEST_LEN = PREFIX_LEN + MAX_ENVELOPE_LEN + MAX_BODY_LEN + NONCE_LEN + 16
 MAX_ENTRIES = 1_000_000
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+MAX_TEXT_BYTES = 4096
+MAX_KEY_URI_LEN = 2048
+MAX_MODE = 0o7777
+MTIME_RANGE = (-(1 << 63), (1 << 63) - 1)  # a signed 64-bit st_mtime_ns
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -50,6 +54,19 @@ class FileEntry:
     header_sha256: str
     sha256: str
 
+    def __post_init__(self) -> None:
+        check_path(self.path)
+        if self.path == "":
+            raise FormatError("a file needs a non-empty path")
+        _check_int(self.size, "size", 0, MAX_PLAINTEXT_SIZE)
+        _check_int(self.mode, "mode", 0, MAX_MODE)
+        _check_int(self.mtime_ns, "mtime_ns", *MTIME_RANGE)
+        _check_int(self.blob_size, "blob_size", 0, 2 * MAX_PLAINTEXT_SIZE)
+        for what in ("blob", "header_sha256", "sha256"):
+            value = getattr(self, what)
+            if not isinstance(value, str) or not _HEX64.fullmatch(value):
+                raise FormatError(f"manifest file {what} is not 64 lowercase hex digits")
+
     @property
     def blob_name(self) -> str:
         """The store object holding this file's blob."""
@@ -62,6 +79,11 @@ class DirEntry:
     mode: int
     mtime_ns: int
 
+    def __post_init__(self) -> None:
+        check_path(self.path)
+        _check_int(self.mode, "mode", 0, MAX_MODE)
+        _check_int(self.mtime_ns, "mtime_ns", *MTIME_RANGE)
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -70,6 +92,11 @@ class Envelope:
     key_id: str
     key_uri: str | None
     format_version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_id, str) or not _KEY_ID.fullmatch(self.key_id):
+            raise FormatError("manifest envelope has an invalid key_id")
+        check_key_uri(self.key_uri)
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,13 @@ class Manifest:
     envelope: Envelope | None = field(default=None, compare=False)  # set when opened
 
     def __post_init__(self) -> None:
+        _check_text(self.name, "model name")
+        _check_text(self.version, "model version")
+        _check_int(self.chunk_size, "chunk_size", 0, 1 << 30)
+        try:
+            chunk_size_log2(self.chunk_size)
+        except ValueError as exc:
+            raise FormatError(str(exc)) from None
         _validate_tree(self.files, self.dirs)
 
 
@@ -99,6 +133,7 @@ def seal_manifest(
     nonce: bytes | None = None,
 ) -> bytes:
     """Serialise and seal ``manifest`` with an envelope naming the key (id and source URI)."""
+    check_key_uri(key_uri)
     salt = os.urandom(SALT_LEN) if salt is None else salt
     nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
     aead_key, commitment = derive_object_key(model_key, salt, Purpose.MANIFEST)
@@ -152,14 +187,10 @@ def _split(data: bytes) -> tuple[bytes, Envelope, bytes]:
         raise FormatError("manifest envelope length is out of range")
     raw = _loads(data[PREFIX_LEN : PREFIX_LEN + env_len], "manifest envelope")
     fields = _exact(raw, {"format", "key_id", "key_uri"}, "manifest envelope")
-    if fields["format"] != MANIFEST_VERSION:
+    if type(fields["format"]) is not int or fields["format"] != MANIFEST_VERSION:
         raise FormatError("manifest envelope format differs from its header")
-    if not isinstance(fields["key_id"], str) or not _KEY_ID.fullmatch(fields["key_id"]):
-        raise FormatError("manifest envelope has an invalid key_id")
-    key_uri = fields["key_uri"]
-    if key_uri is not None and (not isinstance(key_uri, str) or not 0 < len(key_uri) <= 2048):
-        raise FormatError("manifest envelope has an invalid key_uri")
-    return prefix, Envelope(fields["key_id"], key_uri), data[PREFIX_LEN + env_len :]
+    envelope = Envelope(fields["key_id"], fields["key_uri"])
+    return prefix, envelope, data[PREFIX_LEN + env_len :]
 
 
 def _body_dict(m: Manifest) -> dict:
@@ -189,22 +220,20 @@ def _parse_body(body: bytes, algorithm: Algorithm, envelope: Envelope) -> Manife
         _loads(body, "manifest"), {"model", "chunk_size", "algorithm", "dirs", "files"}, "manifest"
     )
     model = _exact(fields["model"], {"name", "version"}, "manifest model")
-    chunk_size = _int(fields["chunk_size"], "chunk_size", 1 << 30)
-    try:
-        chunk_size_log2(chunk_size)
-    except ValueError as exc:
-        raise FormatError(str(exc)) from None
     if fields["algorithm"] != algorithm.label:
         raise FormatError("manifest algorithm differs from its header")
     for key in ("dirs", "files"):
         if not isinstance(fields[key], list) or len(fields[key]) > MAX_ENTRIES:
             raise FormatError(f"manifest {key} must be a list of at most {MAX_ENTRIES}")
-    dirs = tuple(_parse_dir(d) for d in fields["dirs"])
-    files = tuple(_parse_file(f) for f in fields["files"])
+    dirs = tuple(
+        DirEntry(**_exact(d, {"path", "mode", "mtime_ns"}, "manifest folder"))
+        for d in fields["dirs"]
+    )
+    files = tuple(FileEntry(**_exact(f, _FILE_KEYS, "manifest file")) for f in fields["files"])
     return Manifest(
-        name=_str(model["name"], "model name"),
-        version=_str(model["version"], "model version"),
-        chunk_size=chunk_size,
+        name=model["name"],
+        version=model["version"],
+        chunk_size=fields["chunk_size"],
         algorithm=algorithm,
         files=files,
         dirs=dirs,
@@ -212,36 +241,25 @@ def _parse_body(body: bytes, algorithm: Algorithm, envelope: Envelope) -> Manife
     )
 
 
-def _parse_dir(raw: object) -> DirEntry:
-    d = _exact(raw, {"path", "mode", "mtime_ns"}, "manifest folder")
-    return DirEntry(
-        _str(d["path"], "path"), _mode(d["mode"]), _int(d["mtime_ns"], "mtime", 1 << 63)
-    )
+_FILE_KEYS = {"path", "size", "mode", "mtime_ns", "blob", "blob_size", "header_sha256", "sha256"}
 
 
-def _parse_file(raw: object) -> FileEntry:
-    f = _exact(
-        raw,
-        {"path", "size", "mode", "mtime_ns", "blob", "blob_size", "header_sha256", "sha256"},
-        "manifest file",
-    )
-    for key in ("blob", "header_sha256", "sha256"):
-        if not isinstance(f[key], str) or not _HEX64.fullmatch(f[key]):
-            raise FormatError(f"manifest file {key} is not 64 lowercase hex digits")
-    return FileEntry(
-        path=_str(f["path"], "path"),
-        size=_int(f["size"], "size", MAX_PLAINTEXT_SIZE),
-        mode=_mode(f["mode"]),
-        mtime_ns=_int(f["mtime_ns"], "mtime", 1 << 63),
-        blob=f["blob"],
-        blob_size=_int(f["blob_size"], "blob_size", 2 * MAX_PLAINTEXT_SIZE),
-        header_sha256=f["header_sha256"],
-        sha256=f["sha256"],
-    )
+def check_key_uri(key_uri: object) -> None:
+    """A key URI is absent, or printable ASCII of bounded length (it is shown to people)."""
+    if key_uri is None:
+        return
+    if (
+        not isinstance(key_uri, str)
+        or not 0 < len(key_uri) <= MAX_KEY_URI_LEN
+        or not all(" " < c < "\x7f" for c in key_uri)
+    ):
+        raise FormatError("invalid key URI: printable ASCII without spaces, at most 2048 chars")
 
 
 def check_path(path: str) -> None:
     """Refuse a model path that could escape the mount or is not plain relative UTF-8."""
+    if not isinstance(path, str):
+        raise FormatError("a manifest path must be a string")
     if path == "":
         return
     try:
@@ -298,17 +316,11 @@ def _exact(raw: object, keys: set[str], what: str) -> dict:
     return raw
 
 
-def _int(value: object, what: str, limit: int) -> int:
-    if type(value) is not int or not 0 <= value <= limit:
+def _check_int(value: object, what: str, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
         raise FormatError(f"manifest {what} is not an integer in range")
-    return value
 
 
-def _mode(value: object) -> int:
-    return _int(value, "mode", 0o7777)
-
-
-def _str(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_PATH_BYTES:
-        raise FormatError(f"manifest {what} is not a string")
-    return value
+def _check_text(value: object, what: str) -> None:
+    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise FormatError(f"manifest {what} must be text of at most {MAX_TEXT_BYTES} bytes")

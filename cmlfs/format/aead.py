@@ -6,7 +6,8 @@ authenticated plaintext or raises IntegrityError: it never returns bytes that
 failed authentication.
 """
 
-from enum import IntEnum
+import functools
+from enum import Enum, IntEnum
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
@@ -41,19 +42,59 @@ class Algorithm(IntEnum):
 
 
 _LABELS = {Algorithm.AES_256_GCM_SIV: "aes-256-gcm-siv", Algorithm.AES_256_GCM: "aes-256-gcm"}
-_BACKENDS = {Algorithm.AES_256_GCM_SIV: AESGCMSIV, Algorithm.AES_256_GCM: AESGCM}
+_CRYPTOGRAPHY = {Algorithm.AES_256_GCM_SIV: AESGCMSIV, Algorithm.AES_256_GCM: AESGCM}
+_TINK_GCM_SIV_URL = "type.googleapis.com/google.crypto.tink.AesGcmSivKey"
+
+
+class Backend(Enum):
+    """Which library opens records. Both give identical results (RFC 8452 / SP 800-38D)."""
+
+    CRYPTOGRAPHY = "cryptography"  # releases the GIL: scales over worker threads
+    TINK = "tink"  # BoringSSL's GCM-SIV, ~5x faster per core here, but holds the GIL
+
+
+@functools.cache
+def tink_available() -> bool:
+    try:
+        from tink import aead
+
+        aead.register()
+    except ImportError:
+        return False
+    return True
+
+
+def default_backend(algorithm: Algorithm) -> Backend:
+    """The fastest backend installed for ``algorithm``.
+
+    OpenSSL's GCM-SIV (through cryptography) runs its counter mode one block per
+    call (~0.4 GB/s per core); tink's (PyPI ``tink``, the ``fast`` extra) runs
+    ~2 GB/s. For AES-256-GCM cryptography is fastest.
+    """
+    if algorithm is Algorithm.AES_256_GCM_SIV and tink_available():
+        return Backend.TINK
+    return Backend.CRYPTOGRAPHY
 
 
 class RecordCipher:
     """One AEAD key of one algorithm, sealing and opening records.
 
-    Thread-safe: the underlying cryptography objects release the GIL and keep
-    no per-call state, so worker threads may share one instance.
+    Thread-safe: neither backend keeps per-call state, so threads may share one
+    instance. ``releases_gil`` tells the reader whether opening records in
+    worker threads runs in parallel or only adds hand-off cost.
     """
 
-    def __init__(self, algorithm: Algorithm, key: bytes) -> None:
+    def __init__(self, algorithm: Algorithm, key: bytes, backend: Backend | None = None) -> None:
         self.algorithm = algorithm
-        self._aead = _BACKENDS[algorithm](key)
+        self.backend = backend or default_backend(algorithm)
+        self.releases_gil = self.backend is Backend.CRYPTOGRAPHY
+        self._aead = _CRYPTOGRAPHY[algorithm](key)
+        self._open = self._open_cryptography
+        if self.backend is Backend.TINK:
+            if algorithm is not Algorithm.AES_256_GCM_SIV or not tink_available():
+                raise ValueError(f"the tink backend does not serve {algorithm.label} here")
+            self._tink = _tink_gcm_siv(key)
+            self._open = self._open_tink
 
     def seal(self, plaintext: bytes, associated_data: bytes, nonce: bytes) -> bytes:
         if len(nonce) != NONCE_LEN:
@@ -63,8 +104,45 @@ class RecordCipher:
     def open(self, record: bytes | memoryview, associated_data: bytes) -> bytes:
         if len(record) < RECORD_OVERHEAD:
             raise IntegrityError("record shorter than nonce and tag")
-        view = memoryview(record)
         try:
-            return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], associated_data)
+            return self._open(record, associated_data)
         except InvalidTag:
             raise IntegrityError("authentication failed") from None
+
+    def _open_cryptography(self, record: bytes | memoryview, associated_data: bytes) -> bytes:
+        view = memoryview(record)
+        return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], associated_data)
+
+    def _open_tink(self, record: bytes | memoryview, associated_data: bytes) -> bytes:
+        # tink's RAW GCM-SIV output is exactly our record: nonce || ciphertext || tag.
+        from tink import TinkError
+
+        try:
+            return self._tink.decrypt(bytes(record), associated_data)
+        except TinkError:
+            raise InvalidTag from None
+
+
+def _tink_gcm_siv(key: bytes):
+    """A tink Aead for one raw AES-256-GCM-SIV key with RAW output (no key-id prefix)."""
+    from tink import aead, proto_keyset_format, secret_key_access
+    from tink.proto import aes_gcm_siv_pb2, tink_pb2
+
+    key_data = tink_pb2.KeyData(
+        type_url=_TINK_GCM_SIV_URL,
+        value=aes_gcm_siv_pb2.AesGcmSivKey(version=0, key_value=key).SerializeToString(),
+        key_material_type=tink_pb2.KeyData.SYMMETRIC,
+    )
+    keyset = tink_pb2.Keyset(
+        primary_key_id=1,
+        key=[
+            tink_pb2.Keyset.Key(
+                key_data=key_data,
+                status=tink_pb2.ENABLED,
+                key_id=1,
+                output_prefix_type=tink_pb2.RAW,
+            )
+        ],
+    )
+    handle = proto_keyset_format.parse(keyset.SerializeToString(), secret_key_access.TOKEN)
+    return handle.primitive(aead.Aead)
