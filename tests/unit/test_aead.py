@@ -1,9 +1,11 @@
 """RecordCipher against published test vectors, and its refusals (cmlfs.format.aead)."""
 
+import os
+
 import pytest
 
 from cmlfs.errors import FormatError, IntegrityError
-from cmlfs.format.aead import Algorithm, RecordCipher
+from cmlfs.format.aead import Algorithm, Backend, RecordCipher, default_backend, tink_available
 
 # RFC 8452, Appendix C.2 (AEAD_AES_256_GCM_SIV): key, nonce, AAD, plaintext, result (ct || tag).
 RFC8452_C2 = [
@@ -49,25 +51,43 @@ GCM_SPEC_CASE_16 = (
     "76fc6ece0f4e1768cddf8853bb2d551b",
 )
 
+# Every backend that serves an algorithm must give the published answers.
+BACKENDS = {
+    Algorithm.AES_256_GCM_SIV: [Backend.CRYPTOGRAPHY, Backend.TINK],
+    Algorithm.AES_256_GCM: [Backend.CRYPTOGRAPHY],
+}
 KNOWN_ANSWERS = [(Algorithm.AES_256_GCM_SIV, v) for v in RFC8452_C2] + [
     (Algorithm.AES_256_GCM, GCM_SPEC_CASE_16)
 ]
+KNOWN_ANSWERS_PER_BACKEND = [
+    (algorithm, backend, vector)
+    for algorithm, vector in KNOWN_ANSWERS
+    for backend in BACKENDS[algorithm]
+]
 
 
-@pytest.mark.parametrize(("algorithm", "vector"), KNOWN_ANSWERS)
-def test_known_answer_seal_and_open(algorithm: Algorithm, vector: tuple[str, ...]):
+def test_the_fast_backend_is_installed_and_chosen_by_default():
+    assert tink_available()
+    assert default_backend(Algorithm.AES_256_GCM_SIV) is Backend.TINK
+    assert default_backend(Algorithm.AES_256_GCM) is Backend.CRYPTOGRAPHY
+
+
+@pytest.mark.parametrize(("algorithm", "backend", "vector"), KNOWN_ANSWERS_PER_BACKEND)
+def test_known_answer_seal_and_open(
+    algorithm: Algorithm, backend: Backend, vector: tuple[str, ...]
+):
     key, nonce, aad, plaintext, result = map(bytes.fromhex, vector)
-    cipher = RecordCipher(algorithm, key)
+    cipher = RecordCipher(algorithm, key, backend)
     record = cipher.seal(plaintext, aad, nonce)
     assert record == nonce + result
     assert cipher.open(record, aad) == plaintext
     assert cipher.open(memoryview(bytearray(record)), aad) == plaintext
 
 
-@pytest.mark.parametrize(("algorithm", "vector"), KNOWN_ANSWERS)
-def test_known_answer_refuses_any_other_associated_data(algorithm, vector):
+@pytest.mark.parametrize(("algorithm", "backend", "vector"), KNOWN_ANSWERS_PER_BACKEND)
+def test_known_answer_refuses_any_other_associated_data(algorithm, backend, vector):
     key, nonce, aad, _, result = map(bytes.fromhex, vector)
-    cipher = RecordCipher(algorithm, key)
+    cipher = RecordCipher(algorithm, key, backend)
     for other in (aad + b"\0", aad[:-1], b"x" + aad):
         if other != aad:
             with pytest.raises(IntegrityError):
@@ -120,3 +140,24 @@ def test_unknown_algorithm_id_is_a_format_error(value: int):
 def test_unknown_algorithm_label_is_refused():
     with pytest.raises(ValueError):
         Algorithm.from_label("chacha20-poly1305")
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4096, 65535, 65536, 1 << 20])
+def test_backends_interoperate_both_ways(size: int):
+    key, nonce, ad = os.urandom(32), os.urandom(12), os.urandom(41)
+    plaintext = os.urandom(size)
+    reference = RecordCipher(Algorithm.AES_256_GCM_SIV, key, Backend.CRYPTOGRAPHY)
+    fast = RecordCipher(Algorithm.AES_256_GCM_SIV, key, Backend.TINK)
+    record = reference.seal(plaintext, ad, nonce)
+    assert fast.seal(plaintext, ad, nonce) == record
+    assert fast.open(record, ad) == reference.open(record, ad) == plaintext
+    damaged = bytearray(record)
+    damaged[len(damaged) // 2] ^= 0x10
+    for cipher in (reference, fast):
+        with pytest.raises(IntegrityError):
+            cipher.open(bytes(damaged), ad)
+
+
+def test_tink_backend_refuses_algorithms_it_does_not_serve():
+    with pytest.raises(ValueError):
+        RecordCipher(Algorithm.AES_256_GCM, bytes(32), Backend.TINK)
