@@ -3,7 +3,7 @@
 # FUSE (real mounts), end-to-end. Tests start the servers they need themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh test,model
 .venv/bin/ruff check cmlfs tests benchmarks
 .venv/bin/ruff format --check cmlfs tests benchmarks
 # pytest exits 5 when it collected no test: that is a failure too.
