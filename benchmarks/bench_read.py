@@ -1,0 +1,244 @@
+"""Read-path benchmarks: cmlfs (GCM-SIV and GCM) against gocryptfs and the plain file.
+
+Scenarios (each interleaves its variants round by round; medians and ratios):
+  seq-cold    sequential read of one large file, caches dropped before each read
+  warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
+  rand-4k     random 4 KiB preads, ops/s, cold start
+  rand-1m     random 1 MiB preads, ops/s, cold start
+  first-byte  time to the first 1 MiB after mounting, and peak plaintext memory, against
+              decrypting the whole model into a RAM disk first (what an initContainer does)
+
+Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
+"""
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from benchmarks.lib import (
+    GIB,
+    MIB,
+    Measurement,
+    cmlfs_command,
+    cmlfs_mount,
+    daemon_pid,
+    drop_caches,
+    gocryptfs_init,
+    gocryptfs_mount,
+    plain_mount,
+    read_sequential,
+    report,
+    rss,
+    run,
+    save,
+    timed,
+)
+from cmlfs.units import parse_size
+
+FILE = "weights.bin"
+
+
+class Workspace:
+    """The plaintext model, its cmlfs stores (both algorithms) and a gocryptfs copy."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        self.plain = root / "plain"
+        self.key = root / "model.key"
+        self.passfile = root / "gocryptfs.pass"
+        self.stores = {"cmlfs-gcm-siv": root / "store-siv", "cmlfs-gcm": root / "store-gcm"}
+        self.gocryptfs_dir = root / "gocryptfs"
+        self.mnt = root / "mnt"
+
+    def prepare(self) -> None:
+        stamp = self.root / f"ready-{self.size}"
+        if stamp.exists():
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        from benchmarks.lib import make_random_file
+
+        make_random_file(self.plain / FILE, self.size)
+        run(*cmlfs_command(), "keygen", "--out", self.key)
+        run(
+            *cmlfs_command(),
+            "encrypt",
+            self.plain,
+            self.stores["cmlfs-gcm-siv"],
+            "--key-file",
+            self.key,
+        )
+        run(
+            *cmlfs_command(),
+            "encrypt",
+            self.plain,
+            self.stores["cmlfs-gcm"],
+            "--key-file",
+            self.key,
+            "--algorithm",
+            "aes-256-gcm",
+        )
+        gocryptfs_init(self.gocryptfs_dir, self.passfile)
+        with gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile) as mnt:
+            shutil.copyfile(self.plain / FILE, mnt / FILE)
+        stamp.touch()
+
+    def mount(self, variant: str) -> AbstractContextManager[Path]:
+        if variant.startswith("cmlfs"):
+            return cmlfs_mount(self.stores[variant], self.mnt, self.key)
+        if variant == "gocryptfs":
+            return gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile)
+        if variant == "gocryptfs-kernel_cache":
+            return gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile, "-kernel_cache")
+        return plain_mount(self.plain)
+
+
+def sequential_cold(ws: Workspace, rounds: int) -> Measurement:
+    m = Measurement("seq-cold", "MB/s", True, "gocryptfs")
+    for _ in range(rounds):
+        for variant in ("cmlfs-gcm-siv", "cmlfs-gcm", "gocryptfs", "plain"):
+            with ws.mount(variant) as root:
+                drop_caches()
+                seconds = timed(lambda root=root: read_sequential(root / FILE))
+            m.add(variant, ws.size / seconds / 1e6)
+    return m
+
+
+def warm_reread(ws: Workspace, rounds: int) -> Measurement:
+    m = Measurement("warm", "MB/s", True, "gocryptfs-kernel_cache")
+    for _ in range(rounds):
+        for variant in ("cmlfs-gcm-siv", "gocryptfs-kernel_cache", "plain"):
+            with ws.mount(variant) as root:
+                read_sequential(root / FILE)
+                seconds = timed(lambda root=root: read_sequential(root / FILE))
+            m.add(variant, ws.size / seconds / 1e6)
+    return m
+
+
+def random_preads(ws: Workspace, rounds: int, block: int, count: int) -> Measurement:
+    name = "rand-4k" if block == 4096 else "rand-1m"
+    m = Measurement(name, "ops/s", True, "gocryptfs")
+    for round_index in range(rounds):
+        rng = random.Random(round_index)
+        offsets = [rng.randrange(0, ws.size - block) // 4096 * 4096 for _ in range(count)]
+        for variant in ("cmlfs-gcm-siv", "gocryptfs", "plain"):
+            with ws.mount(variant) as root:
+                drop_caches()
+                fd = os.open(root / FILE, os.O_RDONLY)
+                try:
+                    seconds = timed(
+                        lambda fd=fd, offsets=offsets: [os.pread(fd, block, o) for o in offsets]
+                    )
+                finally:
+                    os.close(fd)
+            m.add(variant, count / seconds)
+    return m
+
+
+def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
+    """cmlfs: mount, read the first MiB. RAM disk: mount, copy everything to tmpfs, read."""
+    latency = Measurement("first-byte", "s", False, "ramdisk-decrypt-all")
+    memory = Measurement("plaintext-memory", "MiB", False, "ramdisk-decrypt-all")
+    ramdisk = Path("/dev/shm/cmlfs-bench-ramdisk")
+    for _ in range(rounds):
+        drop_caches()
+        peak = Peak()
+        start = time.perf_counter()
+        with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key) as root:
+            peak.watch(daemon_pid(ws.mnt))
+            with open(root / FILE, "rb") as f:
+                f.read(MIB)
+            latency.add("cmlfs-mount", time.perf_counter() - start)
+            peak.stop()
+        memory.add("cmlfs-mount", peak.value / MIB)
+
+        drop_caches()
+        shutil.rmtree(ramdisk, ignore_errors=True)
+        start = time.perf_counter()
+        with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key) as root:
+            shutil.copytree(root, ramdisk)
+        with open(ramdisk / FILE, "rb") as f:
+            f.read(MIB)
+        latency.add("ramdisk-decrypt-all", time.perf_counter() - start)
+        memory.add("ramdisk-decrypt-all", sum(p.stat().st_size for p in ramdisk.rglob("*")) / MIB)
+        shutil.rmtree(ramdisk)
+    memory.notes = "cmlfs: daemon peak RSS (cache included); RAM disk: plaintext bytes in tmpfs"
+    return [latency, memory]
+
+
+class Peak:
+    """Samples a process's RSS every 10 ms until stopped; keeps the maximum."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pid: int | None) -> None:
+        if pid is None:
+            return
+
+        def sample() -> None:
+            while not self._done.wait(0.01):
+                try:
+                    self.value = max(self.value, rss(pid))
+                except OSError:
+                    return
+
+        self.value = rss(pid)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread:
+            self._thread.join()
+
+
+SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {
+    "seq-cold": lambda ws, r: [sequential_cold(ws, r)],
+    "warm": lambda ws, r: [warm_reread(ws, r)],
+    "rand-4k": lambda ws, r: [random_preads(ws, r, 4096, 4000)],
+    "rand-1m": lambda ws, r: [random_preads(ws, r, MIB, 300)],
+    "first-byte": first_byte,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=parse_size, default=2 * GIB, help="file size (default 2G)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per scenario (default 5)")
+    parser.add_argument(
+        "--work", type=Path, default=Path("/var/tmp/cmlfs-bench"), help="work folder"
+    )
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="scenarios to run")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmarks drop caches and tune FUSE")
+    if shutil.which("gocryptfs") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "gocryptfs"], check=True)
+    ws = Workspace(args.work, args.size)
+    ws.prepare()
+    measurements = []
+    for name in args.only or SCENARIOS:
+        measurements.extend(SCENARIOS[name](ws, args.rounds))
+        report(measurements[-1:])
+    command = "python -m benchmarks.bench_read " + " ".join(
+        f"--{k} {v}" for k, v in (("size", args.size), ("rounds", args.rounds))
+    )
+    save("read", measurements, command)
+    report(measurements)
+
+
+if __name__ == "__main__":
+    main()
