@@ -9,6 +9,7 @@ returns once the mount is ready, or raises with the daemon's reason.
 """
 
 import ctypes
+import hmac
 import logging
 import os
 import resource
@@ -18,25 +19,37 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from cmlfs.errors import CmlfsError, KeySourceError, MountError
+from cmlfs.errors import CmlfsError, IntegrityError, KeySourceError, MountError
 from cmlfs.fs import ModelFs
-from cmlfs.keys import KeySource, key_source_from_uri
-from cmlfs.manifest import MANIFEST_NAME, Manifest, open_manifest, read_envelope
+from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
+from cmlfs.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    manifest_digest,
+    open_manifest,
+    read_envelope,
+)
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
-from cmlfs.stores import Store, open_store
+from cmlfs.reader.reader import DEFAULT_RUN_BYTES
+from cmlfs.status import StatusServer, StatusSettings
+from cmlfs.stores import LocalStore, Store, StoreSettings, open_store
+from cmlfs.stores.diskcache import DiskCache
 
 log = logging.getLogger("cmlfs.daemon")
 
 READAHEAD_KB = 1024
 MAX_BACKGROUND = 64
 _PR_SET_DUMPABLE = 4
+REMOTE_RUN_BYTES = 4 * 1024 * 1024  # one request per 4 MiB amortizes network latency
+REMOTE_THREADS = 8  # fetches in flight at once from a network store
+PREFETCH_RUNS = 2
 
 Notify = Callable[[str | None], None]
 
@@ -50,6 +63,13 @@ class MountSettings:
     key_source: KeySource | None  # None: the key URI recorded in the manifest envelope
     cache_bytes: int
     allow_other: bool = False
+    store_settings: StoreSettings = field(default_factory=StoreSettings)
+    fetch_bytes: int | None = None  # None: 1 MiB from a folder, 4 MiB from a network store
+    disk_cache: Path | None = None  # ciphertext only
+    disk_cache_bytes: int = 0
+    key_settings: KeySettings = field(default_factory=KeySettings)
+    expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
+    status: StatusSettings | None = None  # --http: serve health, readiness and metrics
 
 
 def disable_core_dumps() -> None:
@@ -60,17 +80,47 @@ def disable_core_dumps() -> None:
         raise MountError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
 
 
-def open_model(store_location: str, key_source: KeySource | None) -> tuple[Store, Manifest, bytes]:
-    """Open a store, obtain the key and authenticate the manifest with it."""
-    store = open_store(store_location)
+def open_model(
+    store_location: str,
+    key_source: KeySource | None,
+    store_settings: StoreSettings | None = None,
+    key_settings: KeySettings | None = None,
+    expected_key_id: str | None = None,
+) -> tuple[Store, Manifest, bytes]:
+    """Open a store, obtain the key and authenticate the manifest with it.
+
+    The manifest's envelope is not authenticated until the key is known, so a
+    key URI recorded there is used only when the operator pinned the model's
+    key id: otherwise whoever controls the store could point the daemon at a
+    key of their own and have their own model mounted. A key bundle pins one
+    manifest digest: any other manifest (an older version rolled back in the
+    store, or another model under the same key) is refused before it is opened.
+    """
+    store = open_store(store_location, store_settings)
     data = store.read_all(MANIFEST_NAME)
     envelope = read_envelope(data)
+    if expected_key_id is not None and envelope.key_id != expected_key_id:
+        raise IntegrityError(
+            f"the model in {store.describe()} is sealed for key id {envelope.key_id}, "
+            f"not the pinned {expected_key_id}"
+        )
     if key_source is None:
         if envelope.key_uri is None:
             raise KeySourceError("the model records no key URI: give --key-file or --key-uri")
-        key_source = key_source_from_uri(envelope.key_uri)
-    key = key_source.fetch_key()
-    return store, open_manifest(data, key), key
+        if expected_key_id is None:
+            raise KeySourceError(
+                "the key URI recorded in the store is not authenticated: pin the model with "
+                "--key-id ID (its owner publishes it; cmlfs inspect shows it) or give --key-uri"
+            )
+        key_source = key_source_from_uri(envelope.key_uri, key_settings)
+    release = key_source.fetch_release()
+    pinned = release.manifest_sha256
+    if pinned is not None and not hmac.compare_digest(pinned, manifest_digest(data)):
+        raise IntegrityError(
+            f"the manifest in {store.describe()} is not the one the released key bundle pins "
+            "(rolled back or replaced); refusing it"
+        )
+    return store, open_manifest(data, release.key), release.key
 
 
 def serve(settings: MountSettings, notify: Notify) -> None:
@@ -80,9 +130,16 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         raise MountError(f"mount point {settings.mountpoint} is not a folder")
     if clear_stale_mount(settings.mountpoint):
         log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
-    store, manifest, key = open_model(settings.store, settings.key_source)
-    reader = ModelReader(manifest, store, key, cache_bytes=settings.cache_bytes)
+    store, manifest, key = open_model(
+        settings.store,
+        settings.key_source,
+        settings.store_settings,
+        settings.key_settings,
+        settings.expected_key_id,
+    )
+    reader = _reader(settings, store, manifest, key)
     operations = ModelFs(manifest, reader)
+    status = StatusServer(settings.status, settings.mountpoint, reader) if settings.status else None
     options = set(pyfuse3.default_options) | {"fsname=cmlfs", "subtype=cmlfs", "ro", "noatime"}
     if settings.allow_other:
         options.add("allow_other")
@@ -98,7 +155,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     )
     unmount = True
     try:
-        trio.run(_serve_until_stopped, settings.mountpoint, notify)
+        trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
     except BaseException:
         log.exception("event=daemon_failed")
         raise
@@ -106,12 +163,37 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         unmount = mount_entry(settings.mountpoint) is not None
         pyfuse3.close(unmount=unmount)
         store.close()
+        if status is not None:
+            status.close()
         log.info("event=unmounted mountpoint=%s", settings.mountpoint)
 
 
-async def _serve_until_stopped(mountpoint: Path, notify: Notify) -> None:
+def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: bytes) -> ModelReader:
+    """A reader tuned for where the store is: larger runs and more fetches for network stores."""
+    local = isinstance(store, LocalStore)
+    disk_cache = None
+    if settings.disk_cache is not None:
+        disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
+    return ModelReader(
+        manifest,
+        store,
+        key,
+        cache_bytes=settings.cache_bytes,
+        run_bytes=settings.fetch_bytes or (DEFAULT_RUN_BYTES if local else REMOTE_RUN_BYTES),
+        threads=None if local else REMOTE_THREADS,
+        prefetch_runs=PREFETCH_RUNS,
+        disk_cache=disk_cache,
+    )
+
+
+async def _serve_until_stopped(
+    mountpoint: Path, notify: Notify, status: StatusServer | None
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        if status is not None:
+            nursery.start_soon(status.serve)
+            notify = status.notifier(notify)
         nursery.start_soon(_announce_ready, mountpoint, notify)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -206,6 +288,11 @@ def spawn(child_args: list[str], log_file: Path | None, timeout: float) -> None:
         os.close(write_fd)
         if log_file:
             log_target.close()
+    await_ready(read_fd, child.pid, timeout)
+
+
+def await_ready(read_fd: int, pid: int, timeout: float) -> None:
+    """Wait for daemon ``pid``'s readiness line on ``read_fd`` (closed here); raise its reason."""
     try:
         line = _read_line(read_fd, timeout)
     finally:
@@ -215,13 +302,25 @@ def spawn(child_args: list[str], log_file: Path | None, timeout: float) -> None:
     if line.startswith("error: "):
         raise MountError(line.removeprefix("error: "))
     if not line:
-        try:
-            code = child.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise MountError(f"the daemon did not become ready within {timeout:g}s") from None
+        code = wait_exit(pid, 5)
+        if code is None:
+            os.kill(pid, signal.SIGKILL)
+            raise MountError(f"the daemon did not become ready within {timeout:g}s")
         raise MountError(f"the daemon exited with status {code} before the mount was ready")
     raise MountError(f"unexpected readiness message from the daemon: {line!r}")
+
+
+def wait_exit(pid: int, timeout: float) -> int | None:
+    """Exit code of child ``pid`` (reaped; -N if killed by signal N), or None if it still
+    runs after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
 
 
 def _read_line(fd: int, timeout: float) -> str:

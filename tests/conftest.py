@@ -79,11 +79,17 @@ def force_unmount(mountpoint: Path) -> None:
 
 
 @contextmanager
-def mounted(store: Path | str, mountpoint: Path, *args: str | os.PathLike) -> Iterator[Path]:
-    """A background ``cmlfs mount``; always unmounted afterwards, even if the test failed."""
+def mounted(
+    store: Path | str,
+    mountpoint: Path,
+    *args: str | os.PathLike,
+    env: dict[str, str] | None = None,
+) -> Iterator[Path]:
+    """A background ``cmlfs mount`` (``env``: the daemon's environment); always unmounted
+    afterwards, even if the test failed."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     try:
-        run_cli("mount", store, mountpoint, *args)
+        run_cli("mount", store, mountpoint, *args, env=env)
         assert mount_entry(mountpoint) is not None
         yield mountpoint
     finally:

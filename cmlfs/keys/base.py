@@ -1,6 +1,34 @@
-"""The KeySource protocol."""
+"""The KeySource protocol, what a release yields, and the settings every source is built with."""
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+Attester = Literal["auto", "tdx", "snp", "sample"]
+TeeKeyType = Literal["ec", "rsa"]
+TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
+CCEL_PATH = Path("/sys/firmware/acpi/tables/data/CCEL")
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """How key sources attest and connect; built once by the CLI, never read from globals."""
+
+    attester: Attester = "auto"
+    kbs_ca: Path | None = None  # CA bundle for a broker's TLS certificate; None: system CAs
+    insecure_http: bool = False  # allow http:// brokers and non-loopback data hubs
+    tee_key_type: TeeKeyType = "ec"  # ephemeral key: EC P-256 (ECDH-ES+A256KW) or RSA-OAEP-256
+    timeout: float = 30.0  # seconds per HTTP request
+    tsm_report_root: Path = TSM_REPORT_ROOT
+    ccel_path: Path = CCEL_PATH
+
+
+@dataclass(frozen=True)
+class ReleasedKey:
+    """A released model key, and the manifest digest a key bundle pins (None: no pin)."""
+
+    key: bytes = field(repr=False)
+    manifest_sha256: str | None = None
 
 
 class KeySource(Protocol):
@@ -8,6 +36,6 @@ class KeySource(Protocol):
         """Where the key comes from, for messages (never the key)."""
         ...
 
-    def fetch_key(self) -> bytes:
-        """The 32-byte model key, or KeySourceError with a one-line reason."""
+    def fetch_release(self) -> ReleasedKey:
+        """The released 32-byte model key, or KeySourceError with a one-line reason."""
         ...

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cmlfs.errors import KeySourceError
 from cmlfs.format.keys import MODEL_KEY_LEN
+from cmlfs.keys.base import ReleasedKey
 
 
 class FileKeySource:
@@ -18,6 +19,9 @@ class FileKeySource:
 
     def describe(self) -> str:
         return f"key file {self.path}"
+
+    def fetch_release(self) -> ReleasedKey:
+        return ReleasedKey(self.fetch_key())
 
     def fetch_key(self) -> bytes:
         try:

@@ -1,17 +1,40 @@
-"""Choosing a key source from a key URI (``file:///path``)."""
+"""Choosing a key source from a key URI: ``file:///path``, ``kbs://...``, ``cdh:///...``."""
 
+import logging
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from cmlfs.errors import KeySourceError
-from cmlfs.keys.base import KeySource
+from cmlfs.keys.base import KeySettings, KeySource
 from cmlfs.keys.file import FileKeySource
 
+log = logging.getLogger("cmlfs.keys")
 
-def key_source_from_uri(uri: str) -> KeySource:
+
+def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySource:
+    settings = settings or KeySettings()
     parts = urlsplit(uri)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise KeySourceError(f"a file key URI is file:///absolute/path, not {uri!r}")
+        if settings.attester in ("tdx", "snp") or (
+            settings.attester == "auto" and settings.tsm_report_root.is_dir()
+        ):
+            log.warning(
+                "event=key_file_in_tee uri=%s a key file sits on this machine's disk; "
+                "development only, use kbs:// or cdh:// in a TEE",
+                uri,
+            )
         return FileKeySource(Path(unquote(parts.path)))
-    raise KeySourceError(f"unsupported key URI scheme {parts.scheme!r} in {uri!r}")
+    if parts.scheme == "kbs":
+        # imported when used: requests and jwcrypto add ~0.1 s to every cmlfs start
+        from cmlfs.keys.kbs import KbsKeySource, parse_kbs_uri
+
+        return KbsKeySource(parse_kbs_uri(uri, settings), settings)
+    if parts.scheme == "cdh":
+        from cmlfs.keys.cdh import cdh_key_source
+
+        return cdh_key_source(uri, settings)
+    raise KeySourceError(
+        f"unsupported key URI scheme {parts.scheme!r} in {uri!r} (file, kbs or cdh)"
+    )

@@ -29,6 +29,10 @@ class ChunkCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is cached, without counting a hit or a miss or reordering."""
+        return key in self._entries
+
     def get(self, key: Hashable) -> bytes | None:
         value = self._entries.get(key)
         if value is None:
@@ -64,6 +68,10 @@ class SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._calls: dict[Hashable, _Call[T]] = {}
+
+    def busy(self, key: Hashable) -> bool:
+        """Whether a computation for ``key`` is running now."""
+        return key in self._calls
 
     async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
         while True:

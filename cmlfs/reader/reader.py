@@ -2,15 +2,21 @@
 
 A read maps to chunk indices; missing chunks are fetched as aligned runs (one
 store request per run), opened in a worker thread, and only then cached.
-Concurrent misses on one run share a single fetch and decryption. The reader
+Concurrent misses on one run share a single fetch and decryption. A reader
+that continues where its last read ended triggers background fetches of the
+next runs (prefetch). An optional disk cache keeps ciphertext spans, committed
+only after they authenticated. The reader
 never returns a byte that failed authentication: such reads raise
 IntegrityError, which the FUSE layer turns into EIO.
 """
 
+import bisect
 import hashlib
 import hmac
+import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import trio
 
@@ -20,9 +26,37 @@ from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader.cache import ChunkCache, SingleFlight
 from cmlfs.stores.base import Store
+from cmlfs.stores.diskcache import DiskCache
+
+log = logging.getLogger("cmlfs.reader")
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_BYTES = 1024 * 1024
+
+
+# Upper bounds of the read latency histogram, 100 µs to 5 s: cache hits to slow stores.
+READ_SECONDS_BOUNDS = tuple(round(m * 10.0**e, 6) for e in range(-4, 1) for m in (1, 2.5, 5))
+
+
+@dataclass
+class LatencyHistogram:
+    """Durations counted per bucket, so a status server can export quantiles cheaply."""
+
+    bounds: tuple[float, ...] = READ_SECONDS_BOUNDS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(READ_SECONDS_BOUNDS) + 1))
+    total_seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total_seconds += seconds
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, reads at or under it), ending with (inf, all reads)."""
+        running, result = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            result.append((bound, running))
+        return result
 
 
 @dataclass
@@ -35,6 +69,7 @@ class ReaderStats:
     store_requests: int = 0
     integrity_failures: int = 0
     store_errors: int = 0
+    read_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class ModelReader:
@@ -48,6 +83,8 @@ class ModelReader:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         run_bytes: int = DEFAULT_RUN_BYTES,
         threads: int | None = None,
+        prefetch_runs: int = 0,
+        disk_cache: DiskCache | None = None,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -60,13 +97,22 @@ class ModelReader:
         self._opening: SingleFlight[BlobOpener] = SingleFlight()
         self._fetching: SingleFlight[list[bytes | IntegrityError]] = SingleFlight()
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
+        self._disk_cache = disk_cache
+        # Prefetch only what the cache can hold next to the runs being read.
+        room = cache_bytes // max(run_bytes, manifest.chunk_size) - 2
+        self._prefetch_runs = max(0, min(prefetch_runs, room))
+        self._next_offset: dict[int, int] = {}
 
     async def read(self, index: int, offset: int, size: int) -> bytes:
         """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF)."""
+        started = time.perf_counter()
         layout = self._layouts[index]
         chunks = layout.chunks_for_range(offset, size)
         if not chunks:
             return b""
+        if self._prefetch_runs and self._next_offset.get(index) == offset:
+            self._prefetch(index, chunks[-1] // self._run_chunks)
+        self._next_offset[index] = offset + size
         found: dict[int, bytes | IntegrityError] = {}
         missing_runs: list[int] = []
         for chunk in chunks:
@@ -97,11 +143,29 @@ class ModelReader:
             pieces.append(memoryview(data)[max(offset - base, 0) : min(end - base, len(data))])
         result = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
         self.stats.bytes_read += len(result)
+        self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
 
     async def check(self, index: int) -> None:
         """Check file ``index``'s blob header and size against the manifest (no chunk read)."""
         await self._opener(index)
+
+    def _prefetch(self, index: int, run: int) -> None:
+        """Start background fetches of the runs after ``run`` that are neither cached nor
+        in flight; they fill the cache through the same single flight as demand reads."""
+        n_runs = -(-self._layouts[index].n_chunks // self._run_chunks)
+        for ahead in range(run + 1, min(run + 1 + self._prefetch_runs, n_runs)):
+            key = (index, ahead)
+            if (index, ahead * self._run_chunks) not in self.cache and not self._fetching.busy(key):
+                trio.lowlevel.spawn_system_task(self._prefetch_run, index, ahead)
+
+    async def _prefetch_run(self, index: int, run: int) -> None:
+        try:
+            opener = await self._opener(index)
+            first = run * self._run_chunks
+            await self._fetching.run((index, run), lambda: self._fetch_run(index, opener, first))
+        except Exception as exc:  # a system task must not fail; a demand read reports it
+            log.debug("event=prefetch_failed file=%d run=%d reason=%s", index, run, exc)
 
     async def _collect_run(
         self, index: int, opener: BlobOpener, run: int, found: dict[int, bytes | IntegrityError]
@@ -131,13 +195,25 @@ class ModelReader:
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int
     ) -> list[bytes | IntegrityError]:
-        """Chunk plaintexts of one run; a chunk that failed is its error, named by file."""
+        """Chunk plaintexts of one run; a chunk that failed is its error, named by file.
+
+        A disk-cached span that fails to authenticate is dropped and fetched again;
+        a fetched span enters the disk cache only if every chunk of it authenticated.
+        """
         offset, length = opener.layout.records_span(first, last)
-        data = self.store.read_range(entry.blob_name, offset, length)
-        try:
-            results = opener.open_span(first, last, data)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{entry.path}: {exc}") from None
+        cache = self._disk_cache
+        cached = cache.get(entry.blob_name, offset, length) if cache else None
+        results = _open_all(opener, first, last, cached) if cached is not None else None
+        if cache and cached is not None and results is None:
+            cache.discard(entry.blob_name, offset, length)
+        if results is None:
+            data = self.store.read_range(entry.blob_name, offset, length)
+            try:
+                results = opener.open_span(first, last, data)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{entry.path}: {exc}") from None
+            if cache and not any(isinstance(r, IntegrityError) for r in results):
+                cache.put(entry.blob_name, offset, length, data)
         return [
             IntegrityError(f"{entry.path}: {r}") if isinstance(r, IntegrityError) else r
             for r in results
@@ -185,6 +261,17 @@ class ModelReader:
         if actual != layout.blob_size or actual != entry.blob_size:
             raise IntegrityError(f"{entry.path}: blob is truncated or extended")
         return opener
+
+
+def _open_all(
+    opener: BlobOpener, first: int, last: int, data: bytes
+) -> list[bytes | IntegrityError] | None:
+    """The run's plaintexts if every chunk of ``data`` authenticates, else None."""
+    try:
+        results = opener.open_span(first, last, data)
+    except IntegrityError:
+        return None
+    return None if any(isinstance(r, IntegrityError) for r in results) else results
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

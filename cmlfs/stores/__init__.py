@@ -2,23 +2,39 @@
 
 Stores are called from worker threads by the reader, so every implementation
 is thread-safe and blocking. They carry ciphertext only.
+Network stores are imported only when a URL names them.
 """
 
 from pathlib import Path
 
 from cmlfs.errors import StoreError
-from cmlfs.stores.base import Store
+from cmlfs.stores.base import Store, StoreSettings
 from cmlfs.stores.local import LocalStore
 
 
-def open_store(location: str) -> Store:
-    """The store a STORE argument names (a local folder path or ``file://`` URL)."""
-    if location.startswith("file://"):
-        return LocalStore(Path(location.removeprefix("file://")))
-    if "://" in location:
-        scheme = location.split("://", 1)[0]
-        raise StoreError(f"unsupported store URL scheme {scheme!r}")
-    return LocalStore(Path(location))
+def open_store(location: str, settings: StoreSettings | None = None, create: bool = False) -> Store:
+    """The store a STORE argument names: a folder path, ``file://``, ``http(s)://``,
+    ``s3://`` or ``oci://`` URL. ``create`` makes a missing local folder (push)."""
+    settings = settings or StoreSettings()
+    scheme = location.split("://", 1)[0].lower() if "://" in location else ""
+    if scheme in ("", "file"):
+        root = Path(location.removeprefix("file://"))
+        if create:
+            root.mkdir(parents=True, exist_ok=True)
+        return LocalStore(root)
+    if scheme in ("http", "https"):
+        from cmlfs.stores.http import HttpStore
+
+        return HttpStore(location, settings)
+    if scheme == "s3":
+        from cmlfs.stores.s3 import S3Store
+
+        return S3Store(location, settings)
+    if scheme == "oci":
+        from cmlfs.stores.oci import OciStore
+
+        return OciStore(location, settings)
+    raise StoreError(f"unsupported store URL scheme {scheme!r}")
 
 
-__all__ = ["LocalStore", "Store", "StoreError", "open_store"]
+__all__ = ["LocalStore", "Store", "StoreError", "StoreSettings", "open_store"]

@@ -6,12 +6,40 @@ callers never see a short read as data.
 """
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from cmlfs.errors import StoreError
 
 _NAME = re.compile(r"(manifest\.cmlfs|blobs/[0-9a-f]{64})")
 MAX_WHOLE_READ = 128 * 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+class ObjectMissing(StoreError):
+    """The object does not exist in the store (as opposed to the store failing)."""
+
+
+class ObjectChanged(StoreError):
+    """The object was replaced in the store after this process first saw it."""
+
+
+class ListingUnsupported(StoreError):
+    """The store cannot enumerate its objects (a plain HTTP server)."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How to reach network stores, built once by the CLI (secrets stay in memory)."""
+
+    headers: tuple[tuple[str, str], ...] = ()  # extra request headers for http(s) stores
+    insecure_http: bool = False  # allow plain-HTTP registries and credentials over http://
+    timeout: float = 30.0  # seconds to connect, and of silence while reading a response
+    attempts: int = 4  # tries per request before a read fails with EIO
+    registry_auth_file: Path | None = None  # docker/podman auth.json for oci:// stores
 
 
 def check_name(name: str) -> str:
@@ -39,7 +67,19 @@ class Store(Protocol):
         ...
 
     def list(self) -> list[str]:
-        """Names of every object in the store."""
+        """Names of every object in the store (ListingUnsupported where it cannot know)."""
+        ...
+
+    def put(self, name: str, source: Path, progress: Progress) -> bool:
+        """Upload file ``source`` as ``name`` unless an object of that size is already there.
+
+        Returns False when it was skipped. Objects are content-addressed, so a
+        present blob of the right size is the same blob.
+        """
+        ...
+
+    def commit(self) -> str:
+        """Make what was put visible as one model; return the reference to mount it by."""
         ...
 
     def close(self) -> None: ...

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from cmlfs.errors import StoreError
-from cmlfs.stores.base import MAX_WHOLE_READ, check_name
+from cmlfs.stores.base import MAX_WHOLE_READ, ObjectMissing, Progress, check_name
 
 
 class LocalStore:
@@ -49,6 +49,32 @@ class LocalStore:
             names.extend(f"blobs/{p.name}" for p in sorted(blobs.iterdir()) if p.is_file())
         return names
 
+    def put(self, name: str, source: Path, progress: Progress) -> bool:
+        """Copy ``source`` in under a temporary name, flush, then rename into place."""
+        target = self.root / check_name(name)
+        size = source.stat().st_size
+        if target.is_file() and target.stat().st_size == size and name != "manifest.cmlfs":
+            progress(size)
+            return False
+        target.parent.mkdir(exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.urandom(4).hex()}")
+        try:
+            with open(source, "rb") as src, open(partial, "xb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+                    progress(len(block))
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.rename(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StoreError(f"{name}: cannot write into {self.root}: {exc.strerror}") from None
+        return True
+
+    def commit(self) -> str:
+        """Nothing to do: the manifest, put last, is what makes the model visible."""
+        return str(self.root)
+
     def close(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
@@ -64,7 +90,7 @@ class LocalStore:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                raise StoreError(f"{name}: not found in {self.root}") from None
+                raise ObjectMissing(f"{name}: not found in {self.root}") from None
             raise StoreError(f"{name}: cannot open: {os.strerror(exc.errno)}") from None
         with self._lock:
             existing = self._fds.setdefault(name, fd)

@@ -139,15 +139,29 @@ def test_other_algorithm_and_chunk_sizes_mount_and_read_back(
         assert tree_digests(mnt) == tree_digests(src)
 
 
-def test_key_uri_recorded_at_encrypt_time_is_used_by_mount(sample_model, key_file, tmp_path):
+def test_key_uri_recorded_at_encrypt_time_is_used_only_with_a_pinned_key_id(
+    sample_model, key_file, tmp_path
+):
     src, _ = sample_model
     store = tmp_path / "store"
     run_cli(
         "encrypt", src, store, "--key-file", key_file, "--key-uri", key_file.absolute().as_uri()
     )
-    assert key_file.absolute().as_uri() in run_cli("inspect", store).stdout
-    with mounted(store, tmp_path / "mnt") as mnt:
+    public = run_cli("inspect", store).stdout
+    assert key_file.absolute().as_uri() in public
+    model_key_id = next(
+        line.split()[-1] for line in public.splitlines() if line.startswith("key id")
+    )
+    (tmp_path / "mnt").mkdir()
+    unpinned = run_cli("mount", store, tmp_path / "mnt", check=False)
+    assert_one_line_error(unpinned, "--key-id")
+    assert_one_line_error(run_cli("verify", store, check=False), "not authenticated")
+    wrong_pin = run_cli("mount", store, tmp_path / "mnt", "--key-id", "0" * 32, check=False)
+    assert_one_line_error(wrong_pin, "not the pinned")
+    assert mount_entry(tmp_path / "mnt") is None
+    with mounted(store, tmp_path / "mnt", "--key-id", model_key_id) as mnt:
         assert tree_digests(mnt) == tree_digests(src)
+    assert run_cli("verify", store, "--key-id", model_key_id).stdout.startswith("ok:")
 
 
 def test_verify_names_the_first_damaged_file_and_chunk(encrypted_model, tmp_path):

@@ -1,0 +1,61 @@
+"""What a key broker releases: the raw 32-byte model key, or a JSON key bundle.
+
+A key bundle carries the key and pins the SHA-256 of the one sealed manifest
+it may open (``cmlfs.manifest.manifest_digest``), so a broker resource cannot
+be used to mount an older or different manifest encrypted with the same key
+(rollback protection). The layout is specified in docs/KEYS.md.
+
+Pure. Never puts key bytes in a message.
+"""
+
+import base64
+import json
+import re
+
+from cmlfs.errors import KeySourceError
+from cmlfs.format.keys import MODEL_KEY_LEN
+from cmlfs.keys.base import ReleasedKey
+from cmlfs.keys.rcar import b64_decode, loads_strict
+
+BUNDLE_TYPE = "cmlfs-key-bundle"
+BUNDLE_VERSION = 1
+MAX_RESOURCE_LEN = 4096
+_KEYS = {"type", "version", "key", "manifest_sha256"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NOT_A_KEY = f"released resource is neither a raw {MODEL_KEY_LEN}-byte key nor a cmlfs key bundle"
+
+
+def parse_resource(data: bytes) -> ReleasedKey:
+    """The key (and pin) in a released resource; KeySourceError for anything else."""
+    if len(data) == MODEL_KEY_LEN:
+        return ReleasedKey(bytes(data))
+    if len(data) > MAX_RESOURCE_LEN:
+        raise KeySourceError(f"released resource is larger than {MAX_RESOURCE_LEN} bytes")
+    fields = loads_strict(data, _NOT_A_KEY, KeySourceError)
+    if not isinstance(fields, dict) or set(fields) != _KEYS or fields["type"] != BUNDLE_TYPE:
+        raise KeySourceError(_NOT_A_KEY)
+    if type(fields["version"]) is not int or fields["version"] != BUNDLE_VERSION:
+        raise KeySourceError(f"unsupported key bundle version {fields['version']!r}")
+    pin = fields["manifest_sha256"]
+    if not isinstance(pin, str) or not _HEX64.fullmatch(pin):
+        raise KeySourceError("key bundle manifest_sha256 is not 64 lowercase hex digits")
+    key = b64_decode(fields["key"], "key bundle key", KeySourceError)
+    if len(key) != MODEL_KEY_LEN:
+        raise KeySourceError(f"key bundle key is not {MODEL_KEY_LEN} bytes")
+    return ReleasedKey(key, pin)
+
+
+def make_bundle(key: bytes, manifest_sha256: str) -> bytes:
+    """The key bundle resource for ``key`` pinned to one sealed manifest's digest."""
+    if len(key) != MODEL_KEY_LEN or not _HEX64.fullmatch(manifest_sha256):
+        raise KeySourceError("a key bundle needs a 32-byte key and a SHA-256 hex digest")
+    return json.dumps(
+        {
+            "type": BUNDLE_TYPE,
+            "version": BUNDLE_VERSION,
+            "key": base64.b64encode(key).decode("ascii"),
+            "manifest_sha256": manifest_sha256,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("ascii")

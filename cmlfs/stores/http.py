@@ -1,0 +1,315 @@
+"""Read-only stores behind a plain HTTP(S) base URL, and the HTTP transport the OCI store shares.
+
+``https://host/prefix`` (a static server, a public bucket, or a prefix with a
+query-string credential such as a SAS token) serves ``prefix/manifest.cmlfs``
+and ``prefix/blobs/<sha256>``. Reads are Range GETs through one pooled
+``requests`` session with timeouts and bounded retries. Every answer is
+checked strictly: the status, ``Content-Range`` (exactly the bytes asked, of an
+object of the size first seen), the body length, and the ETag, so an object
+replaced under a running mount fails its reads instead of mixing versions.
+
+Never puts a header value, a query string or a credential in a message or log.
+"""
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cmlfs.errors import StoreError
+from cmlfs.stores.base import (
+    MAX_WHOLE_READ,
+    ListingUnsupported,
+    ObjectChanged,
+    ObjectMissing,
+    Progress,
+    StoreSettings,
+    check_name,
+)
+from cmlfs.stores.retry import RetryPolicy, TransientStoreError
+
+POOL_SIZE = 16
+MAX_OBJECT_SIZE = 1 << 50  # refuse absurd sizes a hostile server might announce
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,16})-([0-9]{1,16})/([0-9]{1,16})")
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a store first saw of an object: later answers must agree with it."""
+
+    size: int
+    etag: str | None
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query or fragment, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def parse_content_range(value: str | None, offset: int, length: int, size: int | None) -> int:
+    """Check a ``Content-Range`` names exactly ``offset``..``offset+length-1``; return the total.
+
+    ``size``, when known, is the object size first seen: a different total means
+    the object changed.
+    """
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if not match:
+        raise StoreError("the server answered a range request without a valid Content-Range")
+    first, last, total = (int(g) for g in match.groups())
+    if first != offset or last != offset + length - 1 or total <= last:
+        raise StoreError("the server answered with a different byte range than asked")
+    if size is not None and total != size:
+        raise ObjectChanged("object size changed since it was first read")
+    return total
+
+
+def etag_matches(a: str | None, b: str | None) -> bool:
+    """Weak comparison (RFC 9110 8.8.3.2): the same tag, ignoring a ``W/`` prefix."""
+    if a is None or b is None:
+        return True
+    return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_header(line: str) -> tuple[str, str]:
+    """``Name: value`` as given on the command line or in a header file, checked so nothing
+    can be smuggled into a request (no line breaks, a valid field name)."""
+    name, colon, value = line.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _TOKEN.fullmatch(name) or not value.isprintable():
+        raise StoreError("a store header must look like 'Name: value' on one line")
+    return name, value
+
+
+class HttpTransport:
+    """One pooled session: single attempts that classify failures; the caller retries.
+
+    Exceptions from ``requests`` are turned into store errors without their text,
+    which may contain a URL with a query-string credential.
+    """
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
+        self.retry = RetryPolicy(attempts=settings.attempts)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["Accept-Encoding"] = "identity"
+        self.session.headers["User-Agent"] = "cmlfs"
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        **kwargs,
+    ) -> requests.Response:
+        """One request; transient failures raise TransientStoreError, the response is returned
+        for every status except the transient ones."""
+        try:
+            response = self.session.request(
+                method,
+                url,
+                headers=headers,
+                stream=stream,
+                timeout=self.settings.timeout,
+                **kwargs,
+            )
+        except requests.exceptions.SSLError:
+            raise StoreError(
+                "TLS handshake failed: untrusted certificate? (a private CA goes in "
+                "REQUESTS_CA_BUNDLE)"
+            ) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientStoreError(f"{method} failed: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise StoreError(f"{method} failed: {type(exc).__name__}") from None
+        if response.status_code in _TRANSIENT_STATUS:
+            response.close()
+            raise TransientStoreError(f"server answered {response.status_code}")
+        return response
+
+    def read_body(self, response: requests.Response, limit: int) -> bytes:
+        """The whole body of a streamed response, refused beyond ``limit`` bytes."""
+        announced = response.headers.get("Content-Length")
+        if announced is not None and (not announced.isdigit() or int(announced) > limit):
+            response.close()
+            raise StoreError(f"the server announced a body larger than {limit} bytes")
+        body = bytearray()
+        try:
+            for piece in response.iter_content(1 << 20):
+                body += piece
+                if len(body) > limit:
+                    raise StoreError(f"the server sent more than {limit} bytes")
+        except requests.RequestException as exc:  # reset, stall or short chunked body
+            raise TransientStoreError(f"body interrupted: {type(exc).__name__}") from None
+        finally:
+            response.close()
+        return bytes(body)
+
+    def get_range(
+        self,
+        url: str,
+        offset: int,
+        length: int,
+        identity: Identity | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """Exactly ``length`` bytes from ``offset`` in one attempt (following redirects)."""
+        request_headers = dict(headers or {})
+        request_headers["Range"] = f"bytes={offset}-{offset + length - 1}"
+        if identity is not None and identity.etag and not identity.etag.startswith("W/"):
+            request_headers["If-Match"] = identity.etag
+        response = self.send("GET", url, request_headers, stream=True)
+        status = response.status_code
+        whole = (
+            status == 200 and offset == 0 and response.headers.get("Content-Length") == str(length)
+        )
+        if status == 206:
+            try:
+                parse_content_range(
+                    response.headers.get("Content-Range"),
+                    offset,
+                    length,
+                    identity.size if identity else None,
+                )
+            except StoreError:
+                response.close()
+                raise
+        elif not whole:  # a 200 is fine only when the whole object is exactly the range asked for
+            response.close()
+            raise status_error(response)
+        if identity is not None and not etag_matches(identity.etag, response.headers.get("ETag")):
+            response.close()
+            raise ObjectChanged("object was replaced since it was first read (ETag differs)")
+        body = self.read_body(response, length)
+        if len(body) != length:
+            raise TransientStoreError(f"short body: {len(body)} of {length} bytes")
+        return body
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class Unauthorized(StoreError):
+    """HTTP 401: ``challenge`` is the WWW-Authenticate header, for a store that can log in."""
+
+    def __init__(self, message: str, challenge: str = "") -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
+def status_error(response: requests.Response) -> StoreError:
+    """The store error for an unexpected final HTTP status."""
+    status = response.status_code
+    if status == 401:
+        return Unauthorized(
+            "access denied (HTTP 401)", response.headers.get("WWW-Authenticate", "")
+        )
+    if status == 404:
+        return ObjectMissing("not found")
+    if status == 412:
+        return ObjectChanged("object was replaced since it was first read")
+    if status == 403:
+        return StoreError("access denied (HTTP 403)")
+    if status == 416:
+        return StoreError("range not satisfiable: the object is shorter than expected")
+    return StoreError(f"unexpected HTTP status {status}")
+
+
+class HttpStore:
+    """A read-only store at an ``http(s)://`` base URL."""
+
+    def __init__(self, base_url: str, settings: StoreSettings) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StoreError(f"not an http(s) store URL: {safe_url(base_url)}")
+        if parts.username or parts.password:
+            raise StoreError("put credentials in --store-header, not in the store URL")
+        if parts.scheme == "http" and settings.headers and not settings.insecure_http:
+            raise StoreError(
+                "refusing to send store headers over plain http:// (use https://, "
+                "or --insecure-http)"
+            )
+        self._parts = parts._replace(path=parts.path.rstrip("/"), fragment="")
+        self._headers = dict(settings.headers)
+        self._transport = HttpTransport(settings)
+        self._identities: dict[str, Identity] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return safe_url(urlunsplit(self._parts))
+
+    def size(self, name: str) -> int:
+        return self._identity(name).size
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        identity = self._identity(name)
+        if offset < 0 or length < 0 or offset + length > identity.size:
+            raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+        if length == 0:
+            return b""
+        url = self._url(name)
+        return self._transport.retry.call(
+            name,
+            lambda: self._transport.get_range(url, offset, length, identity, self._headers),
+        )
+
+    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
+        size = self.size(name)
+        if size > limit:
+            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
+        return self.read_range(name, 0, size)
+
+    def list(self) -> list[str]:
+        raise ListingUnsupported(f"{self.describe()}: an HTTP store cannot list its objects")
+
+    def put(self, name: str, source: Path, progress: Progress) -> bool:
+        raise StoreError(f"{self.describe()}: an HTTP store is read-only; push to s3:// or oci://")
+
+    def commit(self) -> str:
+        raise StoreError(f"{self.describe()}: an HTTP store is read-only")
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def _url(self, name: str) -> str:
+        return urlunsplit(self._parts._replace(path=f"{self._parts.path}/{check_name(name)}"))
+
+    def _identity(self, name: str) -> Identity:
+        identity = self._identities.get(name)
+        if identity is None:
+            url = self._url(name)
+            identity = self._transport.retry.call(name, lambda: self._head(url))
+            with self._lock:
+                identity = self._identities.setdefault(name, identity)
+        return identity
+
+    def _head(self, url: str) -> Identity:
+        response = self._transport.send("HEAD", url, self._headers, allow_redirects=True)
+        response.close()
+        if response.status_code != 200:
+            raise status_error(response)
+        return identity_from(response)
+
+
+def identity_from(response: requests.Response) -> Identity:
+    """Size and ETag from a HEAD answer, refusing a missing or absurd length."""
+    length = response.headers.get("Content-Length", "")
+    if not length.isdigit() or int(length) > MAX_OBJECT_SIZE:
+        raise StoreError("the server gave no valid Content-Length")
+    return Identity(int(length), response.headers.get("ETag"))

@@ -1,0 +1,491 @@
+"""A store that is an OCI artifact in a registry: ``oci://REGISTRY/REPO:TAG`` or ``@sha256:DIGEST``.
+
+The model is one OCI image manifest with artifact type ``ARTIFACT_TYPE``, the
+empty config, and one layer per object: the sealed ``manifest.cmlfs``
+(``MANIFEST_MEDIA_TYPE``) and each blob (``BLOB_MEDIA_TYPE``, whose digest is
+its store name). A tag is resolved once, when the store is first read; from
+then on everything is addressed by digest, so a tag moved under a running
+mount changes nothing, and a digest reference is checked against the bytes.
+
+The registry is reached over HTTPS with verification, or plain HTTP only with
+``insecure_http``; anonymous, bearer-token (WWW-Authenticate challenge, token
+from the realm, with or without credentials) and basic auth. Credentials come
+from a docker/podman ``auth.json`` and never appear in a message or log.
+The image manifest is parsed strictly with a size limit: it is hostile input.
+"""
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+from cmlfs.errors import StoreError
+from cmlfs.manifest import MAX_MANIFEST_LEN
+from cmlfs.stores.base import (
+    MAX_WHOLE_READ,
+    ObjectMissing,
+    Progress,
+    StoreSettings,
+    check_name,
+)
+from cmlfs.stores.http import (
+    MAX_OBJECT_SIZE,
+    HttpTransport,
+    Identity,
+    Unauthorized,
+    safe_url,
+    status_error,
+)
+
+T = TypeVar("T")
+
+ARTIFACT_TYPE = "application/vnd.cmlfs.model.v1"
+MANIFEST_MEDIA_TYPE = "application/vnd.cmlfs.manifest.v1"
+BLOB_MEDIA_TYPE = "application/vnd.cmlfs.blob.v1"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
+TITLE = "org.opencontainers.image.title"
+MAX_IMAGE_MANIFEST = 4 * 1024 * 1024
+MAX_LAYERS = 1_000_001
+MAX_TOKEN_ANSWER = 64 * 1024
+MAX_AUTH_FILE = 1024 * 1024
+
+_REGISTRY = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?")
+_REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHALLENGE = re.compile(r"\s*([A-Za-z]+)\s+(.*)")
+_PARAM = re.compile(r'\s*([A-Za-z_]+)\s*=\s*"([^"]*)"\s*(?:,|$)')
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # host[:port]
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    def __str__(self) -> str:
+        where = f"oci://{self.registry}/{self.repository}"
+        return f"{where}@{self.digest}" if self.digest else f"{where}:{self.tag}"
+
+
+def parse_reference(url: str) -> Reference:
+    """``oci://REGISTRY/REPO[:TAG][@sha256:DIGEST]``, strictly (default tag ``latest``)."""
+    rest = url.removeprefix("oci://")
+    registry, slash, path = rest.partition("/")
+    if not slash or not _REGISTRY.fullmatch(registry):
+        raise StoreError("an OCI store URL looks like oci://REGISTRY/REPO:TAG or @sha256:DIGEST")
+    path, at, digest = path.partition("@")
+    name, colon, tag = path.rpartition(":") if ":" in path else (path, "", "")
+    if not _REPOSITORY.fullmatch(name) or len(name) > 255:
+        raise StoreError(f"invalid OCI repository name {name!r}")
+    if colon and not _TAG.fullmatch(tag):
+        raise StoreError(f"invalid OCI tag {tag!r}")
+    if at and not _DIGEST.fullmatch(digest):
+        raise StoreError("an OCI digest looks like sha256:<64 hex digits>")
+    if at:
+        return Reference(registry, name, tag or None, digest)
+    return Reference(registry, name, tag or "latest", None)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    def to_json(self, title: str | None = None) -> dict:
+        value: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if title is not None:
+            value["annotations"] = {TITLE: title}
+        return value
+
+
+def parse_image_manifest(body: bytes) -> dict[str, Descriptor]:
+    """Store name -> descriptor of a cmlfs artifact's image manifest, refusing anything else."""
+    if len(body) > MAX_IMAGE_MANIFEST:
+        raise StoreError("the OCI manifest is too large")
+    try:
+        doc = json.loads(body, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise StoreError("the OCI manifest is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise StoreError("the OCI manifest is not an image manifest (schemaVersion 2)")
+    if doc.get("mediaType") != OCI_MANIFEST or doc.get("artifactType") != ARTIFACT_TYPE:
+        raise StoreError(f"the OCI reference is not a cmlfs model (artifactType {ARTIFACT_TYPE})")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        raise StoreError("the OCI manifest has no valid layer list")
+    objects: dict[str, Descriptor] = {}
+    for layer in layers:
+        descriptor = _descriptor(layer)
+        if descriptor.media_type == MANIFEST_MEDIA_TYPE:
+            name = "manifest.cmlfs"
+            if descriptor.size > MAX_MANIFEST_LEN:
+                raise StoreError("the OCI manifest names an oversized model manifest")
+        elif descriptor.media_type == BLOB_MEDIA_TYPE:
+            name = "blobs/" + descriptor.digest.removeprefix("sha256:")
+        else:
+            raise StoreError(f"unexpected layer media type {descriptor.media_type!r}")
+        if objects.setdefault(name, descriptor) is not descriptor:
+            raise StoreError(f"the OCI manifest lists {name} twice")
+    if "manifest.cmlfs" not in objects:
+        raise StoreError("the OCI artifact has no model manifest layer")
+    return objects
+
+
+def _descriptor(value: object) -> Descriptor:
+    if not isinstance(value, dict):
+        raise StoreError("an OCI layer descriptor is not an object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not isinstance(digest, str):
+        raise StoreError("an OCI layer descriptor lacks mediaType or digest")
+    if not _DIGEST.fullmatch(digest):
+        raise StoreError("an OCI layer descriptor has an unsupported digest")
+    if type(size) is not int or not 0 <= size <= MAX_OBJECT_SIZE:
+        raise StoreError("an OCI layer descriptor has an invalid size")
+    return Descriptor(media_type, digest, size)
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Scheme and parameters of a ``WWW-Authenticate`` header (one challenge)."""
+    match = _CHALLENGE.fullmatch(header or "")
+    if not match:
+        raise StoreError("the registry asked for authentication without a usable challenge")
+    scheme, rest = match.group(1).lower(), match.group(2)
+    params: dict[str, str] = {}
+    position = 0
+    while position < len(rest):
+        param = _PARAM.match(rest, position)
+        if not param or param.end() == position:
+            raise StoreError("the registry sent a malformed WWW-Authenticate challenge")
+        params[param.group(1).lower()] = param.group(2)
+        position = param.end()
+    return scheme, params
+
+
+def load_credentials(auth_file: Path | None, registry: str) -> tuple[str, str] | None:
+    """(user, password) for ``registry`` from a docker/podman ``auth.json``, if it has them."""
+    if auth_file is None or not auth_file.is_file():
+        return None
+    try:
+        with open(auth_file, "rb") as f:
+            raw = f.read(MAX_AUTH_FILE + 1)
+        doc = json.loads(raw) if len(raw) <= MAX_AUTH_FILE else None
+    except (OSError, ValueError):
+        raise StoreError(f"cannot read registry credentials from {auth_file}") from None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    for key, entry in auths.items():
+        host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+        if host != registry or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+        try:
+            user, sep, password = (
+                base64.b64decode(entry.get("auth", ""), validate=True)
+                .decode("utf-8")
+                .partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            raise StoreError(f"registry credentials for {registry} are malformed") from None
+        if sep:
+            return user, password
+    return None
+
+
+class _ProgressReader:
+    """A file wrapper reporting bytes as ``requests`` streams an upload body."""
+
+    def __init__(self, f: BinaryIO, size: int, progress: Progress) -> None:
+        self._f, self._progress, self.len = f, progress, size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._progress(len(data))
+        return data
+
+
+class OciStore:
+    """Objects of one cmlfs artifact in an OCI registry (read; and push to a tag)."""
+
+    def __init__(self, url: str, settings: StoreSettings) -> None:
+        self.ref = parse_reference(url)
+        self._settings = settings
+        scheme = "http" if settings.insecure_http else "https"
+        self._base = f"{scheme}://{self.ref.registry}/v2/{self.ref.repository}"
+        self._transport = HttpTransport(settings)
+        self._auth: str | None = None
+        self._auth_lock = threading.Lock()
+        self._objects: dict[str, Descriptor] | None = None
+        self._objects_lock = threading.Lock()
+        self._pushed: dict[str, Descriptor] = {}
+        self._actions = "pull"
+        self.digest = self.ref.digest
+
+    def describe(self) -> str:
+        return str(self.ref)
+
+    def size(self, name: str) -> int:
+        return self._descriptor(name).size
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        descriptor = self._descriptor(name)
+        if offset < 0 or length < 0 or offset + length > descriptor.size:
+            raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+        if length == 0:
+            return b""
+        url = f"{self._base}/blobs/{descriptor.digest}"
+        identity = Identity(descriptor.size, None)
+        return self._call(
+            name,
+            lambda auth: self._transport.get_range(url, offset, length, identity, auth),
+        )
+
+    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
+        size = self.size(name)
+        if size > limit:
+            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
+        data = self.read_range(name, 0, size)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != self._descriptor(name).digest:
+            raise StoreError(f"{name}: the registry returned bytes that do not match the digest")
+        return data
+
+    def list(self) -> list[str]:
+        return sorted(self._artifact())
+
+    def put(self, name: str, source: Path, progress: Progress) -> bool:
+        if self.ref.digest:
+            raise StoreError("push to an OCI tag (oci://REGISTRY/REPO:TAG), not to a digest")
+        self._actions = "pull,push"
+        size = source.stat().st_size
+        if check_name(name) == "manifest.cmlfs":
+            digest = "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
+            media_type = MANIFEST_MEDIA_TYPE
+        else:
+            digest = "sha256:" + name.removeprefix("blobs/")
+            media_type = BLOB_MEDIA_TYPE
+        self._pushed[name] = Descriptor(media_type, digest, size)
+        if self._blob_present(digest, size):
+            progress(size)
+            return False
+        self._upload(name, digest, size, lambda: source.open("rb"), progress)
+        return True
+
+    def commit(self) -> str:
+        """Upload the empty config and the image manifest to the tag; return the digest ref."""
+        if "manifest.cmlfs" not in self._pushed:
+            raise StoreError("nothing to commit: the model manifest was not pushed")
+        config = Descriptor(
+            EMPTY_CONFIG_TYPE, "sha256:" + hashlib.sha256(EMPTY_CONFIG).hexdigest(), 2
+        )
+        if not self._blob_present(config.digest, config.size):
+            self._upload("config", config.digest, config.size, _bytes_opener(EMPTY_CONFIG), _none)
+        names = ["manifest.cmlfs", *sorted(n for n in self._pushed if n != "manifest.cmlfs")]
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": ARTIFACT_TYPE,
+                "config": config.to_json(),
+                "layers": [self._pushed[n].to_json(title=n) for n in names],
+            },
+            separators=(",", ":"),
+        ).encode()
+        url = f"{self._base}/manifests/{self.ref.tag}"
+        headers = {"Content-Type": OCI_MANIFEST}
+
+        def send(auth: dict[str, str]) -> None:
+            response = self._transport.send("PUT", url, {**auth, **headers}, data=body)
+            response.close()
+            if response.status_code not in (200, 201):
+                raise status_error(response)
+
+        self._call("OCI manifest", send)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        return f"oci://{self.ref.registry}/{self.ref.repository}@{digest}"
+
+    def close(self) -> None:
+        self._transport.close()
+
+    # --- reading the artifact -------------------------------------------------------------
+
+    def _descriptor(self, name: str) -> Descriptor:
+        descriptor = self._artifact().get(check_name(name))
+        if descriptor is None:
+            raise ObjectMissing(f"{name}: not part of {self.describe()}")
+        return descriptor
+
+    def _artifact(self) -> dict[str, Descriptor]:
+        with self._objects_lock:
+            if self._objects is None:
+                body = self._call("OCI manifest", self._fetch_image_manifest)
+                digest = "sha256:" + hashlib.sha256(body).hexdigest()
+                if self.ref.digest and digest != self.ref.digest:
+                    raise StoreError("the registry returned a manifest with a different digest")
+                self._objects = parse_image_manifest(body)
+                self.digest = digest
+            return self._objects
+
+    def _fetch_image_manifest(self, auth: dict[str, str]) -> bytes:
+        url = f"{self._base}/manifests/{self.ref.digest or self.ref.tag}"
+        response = self._transport.send("GET", url, {**auth, "Accept": OCI_MANIFEST}, stream=True)
+        if response.status_code != 200:
+            response.close()
+            raise status_error(response)
+        return self._transport.read_body(response, MAX_IMAGE_MANIFEST)
+
+    # --- pushing --------------------------------------------------------------------------
+
+    def _blob_present(self, digest: str, size: int) -> bool:
+        url = f"{self._base}/blobs/{digest}"
+
+        def head(auth: dict[str, str]) -> bool:
+            response = self._transport.send("HEAD", url, auth)
+            response.close()
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise status_error(response)
+            return response.headers.get("Content-Length") == str(size)
+
+        return self._call(digest, head)
+
+    def _upload(
+        self,
+        name: str,
+        digest: str,
+        size: int,
+        open_body: Callable[[], BinaryIO],
+        progress: Progress,
+    ) -> None:
+        """One monolithic upload (POST, then PUT with the digest), retried from the start."""
+
+        def upload(auth: dict[str, str]) -> None:
+            response = self._transport.send("POST", f"{self._base}/blobs/uploads/", auth)
+            response.close()
+            location = response.headers.get("Location")
+            if response.status_code != 202 or not location:
+                raise status_error(response)
+            target = urljoin(f"{self._base}/", location)
+            if urlsplit(target).netloc != urlsplit(self._base).netloc:
+                raise StoreError("the registry redirected an upload to another host")
+            sent = 0
+
+            def counted(n: int) -> None:
+                nonlocal sent
+                sent += n
+                progress(n)
+
+            try:
+                with open_body() as f:
+                    response = self._transport.send(
+                        "PUT",
+                        target,
+                        {**auth, "Content-Type": "application/octet-stream"},
+                        params={"digest": digest},
+                        data=_ProgressReader(f, size, counted),
+                    )
+                    response.close()
+            except StoreError:
+                progress(-sent)
+                raise
+            if response.status_code != 201:
+                progress(-sent)
+                raise status_error(response)
+
+        self._call(name, upload)
+
+    # --- authentication -------------------------------------------------------------------
+
+    def _call(self, what: str, operation: Callable[[dict[str, str]], T]) -> T:
+        """``operation(auth headers)`` with retries, logging in once when the registry asks."""
+
+        def attempt() -> T:
+            try:
+                return operation(self._auth_headers())
+            except Unauthorized as exc:
+                self._login(exc.challenge)
+                return operation(self._auth_headers())
+
+        return self._transport.retry.call(what, attempt)
+
+    def _auth_headers(self) -> dict[str, str]:
+        auth = self._auth
+        return {"Authorization": auth} if auth else {}
+
+    def _login(self, challenge: str) -> None:
+        scheme, params = parse_challenge(challenge)
+        credentials = load_credentials(self._settings.registry_auth_file, self.ref.registry)
+        if scheme == "basic":
+            if credentials is None:
+                raise StoreError(f"{self.ref.registry} needs credentials (registry auth file)")
+            auth = _basic(*credentials)
+        elif scheme == "bearer":
+            auth = "Bearer " + self._fetch_token(params, credentials)
+        else:
+            raise StoreError(f"unsupported registry authentication scheme {scheme!r}")
+        with self._auth_lock:
+            self._auth = auth
+
+    def _fetch_token(self, params: dict[str, str], credentials: tuple[str, str] | None) -> str:
+        """A bearer token from the challenge's realm for this repository (and push if pushing)."""
+        realm = params.get("realm", "")
+        parts = urlsplit(realm)
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and self._settings.insecure_http
+        ):
+            raise StoreError("the registry's token realm is not an https:// URL")
+        if not parts.hostname:
+            raise StoreError("the registry's token realm is not a URL")
+        query = {"scope": f"repository:{self.ref.repository}:{self._actions}"}
+        if "service" in params:
+            query["service"] = params["service"]
+        headers = {"Authorization": _basic(*credentials)} if credentials else {}
+        response = self._transport.send("GET", realm, headers, stream=True, params=query)
+        if response.status_code != 200:
+            response.close()
+            raise StoreError(f"{safe_url(realm)} refused a token (HTTP {response.status_code})")
+        try:
+            answer = json.loads(self._transport.read_body(response, MAX_TOKEN_ANSWER))
+        except ValueError:
+            raise StoreError("the token service answered with invalid JSON") from None
+        token = (
+            answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+        )
+        if not isinstance(token, str) or not token or not token.isprintable():
+            raise StoreError("the token service answered without a token")
+        return token
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _bytes_opener(data: bytes) -> Callable[[], BinaryIO]:
+    return lambda: io.BytesIO(data)
+
+
+def _none(_: int) -> None:
+    return None

@@ -1,0 +1,152 @@
+"""HTTP(S) stores: nginx serving a pushed store, the fault proxy in front of it, disk cache."""
+
+import errno
+import os
+import shutil
+
+import pytest
+
+from cmlfs.format.layout import HEADER_LEN
+from tests.conftest import mounted, run_cli, tree_digests
+from tests.e2e.stores_servers import assert_reads_back, blob_of
+
+pytestmark = pytest.mark.fuse
+
+FAST = ("--store-timeout", "1", "--store-attempts", "4")
+
+
+@pytest.fixture
+def served(encrypted_model, nginx, tmp_path):
+    """(src, contents, local store, key, served folder, url) of a model pushed into nginx."""
+    src, contents, store, key = encrypted_model
+    folder = nginx.root / tmp_path.name
+    out = run_cli("push", store, folder).stdout
+    assert f"mount with: cmlfs mount {folder} MOUNTPOINT" in out
+    return src, contents, store, key, folder, nginx.url(tmp_path.name)
+
+
+def test_push_to_folder_then_mount_http_reads_back(served, tmp_path):
+    src, contents, store, key, folder, url = served
+    assert tree_digests(folder) == tree_digests(store)
+    again = run_cli("push", store, folder).stdout
+    assert "1 objects uploaded, 10 already there" in again  # the manifest is always written
+    with mounted(url, tmp_path / "mnt", "--key-file", key) as mnt:
+        assert_reads_back(mnt, src, contents)
+    assert "ok:" in run_cli("verify", url, "--key-file", key).stdout
+    inspected = run_cli("inspect", url, "--key-file", key).stdout
+    assert "cannot list" in inspected and "model.safetensors" in inspected
+
+
+def test_tampered_blob_on_the_server_gives_eio(served, tmp_path):
+    _, contents, store, key, folder, url = served
+    blob = folder / "blobs" / blob_of(store, key, "model.safetensors")
+    data = bytearray(blob.read_bytes())
+    data[HEADER_LEN + 1000] ^= 1
+    blob.write_bytes(bytes(data))
+    with mounted(url, tmp_path / "mnt", "--key-file", key) as mnt:
+        with pytest.raises(OSError) as failed:
+            (mnt / "model.safetensors").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert (mnt / "config.json").read_bytes() == contents["config.json"]
+    assert run_cli("verify", url, "--key-file", key, check=False).returncode != 0
+
+
+def test_headers_refused_over_plain_http_without_insecure_flag(served):
+    *_, key, _, url = served
+    result = run_cli("verify", url, "--key-file", key, "--store-header", "X-A: b", check=False)
+    assert result.returncode == 1 and "--insecure-http" in result.stderr
+    flagged = ("--store-header", "X-A: b", "--insecure-http")
+    assert run_cli("verify", url, "--key-file", key, *flagged).returncode == 0
+
+
+def test_transient_faults_are_retried_with_correct_bytes(served, proxy, tmp_path):
+    src, _, store, key, folder, _ = served
+    url = f"{proxy.url}/{folder.name}"
+    names = ["model.safetensors", "exact-chunk.bin", "chunk-plus-one.bin", "one-byte"]
+    names.append("tokenizer/vocab.txt")
+    for kind, name in zip(("reset", "500", "503", "short", "stall"), names, strict=True):
+        proxy.inject(kind, path=blob_of(store, key, name))
+    with mounted(url, tmp_path / "mnt", "--key-file", key, *FAST) as mnt:
+        assert tree_digests(mnt) == tree_digests(src)
+    assert proxy.pending() == []
+    assert {s.fault for s in proxy.requests() if s.fault} == {
+        "reset",
+        "500",
+        "503",
+        "short",
+        "stall",
+    }
+
+
+def test_permanently_failing_blob_gives_eio_and_the_rest_stays_readable(served, proxy, tmp_path):
+    _, contents, store, key, folder, _ = served
+    url = f"{proxy.url}/{folder.name}"
+    proxy.inject("503", path=blob_of(store, key, "model.safetensors"), times=None)
+    with mounted(url, tmp_path / "mnt", "--key-file", key, *FAST) as mnt:
+        with pytest.raises(OSError) as failed:
+            (mnt / "model.safetensors").read_bytes()
+        assert failed.value.errno == errno.EIO
+        for name in ("config.json", "exact-chunk.bin", "tokenizer/vocab.txt"):
+            assert (mnt / name).read_bytes() == contents[name]
+        proxy.reset()
+        assert (mnt / "model.safetensors").read_bytes() == contents["model.safetensors"]
+
+
+def test_blob_replaced_under_a_running_mount_is_detected(served, tmp_path):
+    _, contents, store, key, folder, url = served
+    log = tmp_path / "daemon.log"
+    blob = folder / "blobs" / blob_of(store, key, "model.safetensors")
+    args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
+    with mounted(url, tmp_path / "mnt", *args) as mnt, open(mnt / "model.safetensors", "rb") as f:
+        assert f.read(4096) == contents["model.safetensors"][:4096]
+        replacement = blob.with_name("replacement")
+        shutil.copyfile(blob, replacement)
+        os.utime(replacement, (1_000_000, 1_000_000))  # a new ETag, the same size
+        os.rename(replacement, blob)
+        f.seek(4 * 65536)
+        with pytest.raises(OSError) as failed:
+            f.read(65536)
+        assert failed.value.errno == errno.EIO
+    assert "replaced since it was first read" in log.read_text()
+
+
+def test_disk_cache_hit_avoids_the_network_and_holds_no_plaintext(served, proxy, tmp_path):
+    src, contents, _, key, folder, _ = served
+    url = f"{proxy.url}/{folder.name}"
+    cache = tmp_path / "disk-cache"
+    args = ("--key-file", key, "--disk-cache", cache, "--disk-cache-size", "64M")
+    with mounted(url, tmp_path / "mnt", *args) as mnt:
+        assert tree_digests(mnt) == tree_digests(src)
+    assert _data_requests(proxy) > 0
+    entries = [p for p in cache.iterdir() if p.is_file()]
+    assert entries and not [p for p in entries if p.name.startswith(".tmp-")]
+    cached = b"".join(p.read_bytes() for p in entries)
+    for name, data in contents.items():
+        for start in range(0, max(len(data) - 32, 1), 997):
+            window = data[start : start + 32]
+            if len(window) == 32:
+                assert window not in cached, f"plaintext of {name} in the disk cache"
+    proxy.reset()
+    with mounted(url, tmp_path / "mnt2", *args) as mnt:
+        assert tree_digests(mnt) == tree_digests(src)
+    assert _data_requests(proxy) == 0
+
+
+def _data_requests(proxy) -> int:
+    """GETs of blob bytes past the header (the header and sizes are always asked)."""
+    return sum(
+        1
+        for seen in proxy.requests("/blobs/")
+        if seen.range and int(seen.range.removeprefix("bytes=").split("-")[0]) >= HEADER_LEN
+    )
+
+
+def test_unreachable_store_fails_cleanly(encrypted_model, tmp_path):
+    *_, key = encrypted_model
+    from tests.e2e.stores_servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/nothing"
+    result = run_cli("verify", url, "--key-file", key, *FAST, check=False)
+    assert result.returncode == 1
+    assert "cmlfs: error:" in result.stderr and "gave up after 4 attempts" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,97 @@
+"""OCI stores: push to and mount from Debian's docker-registry (distribution), anonymous
+over plain HTTP and with htpasswd basic auth over TLS."""
+
+import errno
+import json
+import os
+import re
+import urllib.request
+
+import pytest
+
+from cmlfs.format.layout import HEADER_LEN
+from cmlfs.stores.oci import ARTIFACT_TYPE, OCI_MANIFEST
+from tests.conftest import mounted, run_cli
+from tests.e2e.stores_servers import assert_reads_back, blob_of
+
+pytestmark = pytest.mark.fuse
+
+_REFERENCE = re.compile(r"mount with: cmlfs mount (oci://\S+@sha256:[0-9a-f]{64}) MOUNTPOINT")
+
+
+def push(store, dest, *args, env=None) -> tuple[str, str]:
+    """(digest reference printed by push, its whole output)."""
+    out = run_cli("push", store, dest, *args, env=env).stdout
+    match = _REFERENCE.search(out)
+    assert match, out
+    return match.group(1), out
+
+
+def test_anonymous_push_resume_mount_by_digest_and_tag(encrypted_model, registry, tmp_path):
+    src, contents, store, key = encrypted_model
+    tag_ref = registry.ref(f"models/{tmp_path.name.lower()}:v1")
+    digest_ref, out = push(store, tag_ref, "--insecure-http")
+    assert "11 objects uploaded, 0 already there" in out
+    again, out = push(store, tag_ref, "--insecure-http")
+    assert again == digest_ref and "0 objects uploaded, 11 already there" in out
+
+    digest = digest_ref.rpartition("@")[2]
+    request = urllib.request.Request(
+        f"http://{registry.host}/v2/models/{tmp_path.name.lower()}/manifests/{digest}",
+        headers={"Accept": OCI_MANIFEST},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        image = json.loads(answer.read())
+    assert image["artifactType"] == ARTIFACT_TYPE and len(image["layers"]) == 11
+
+    with mounted(digest_ref, tmp_path / "mnt", "--key-file", key, "--insecure-http") as mnt:
+        assert_reads_back(mnt, src, contents)
+    with mounted(tag_ref, tmp_path / "mnt2", "--key-file", key, "--insecure-http") as mnt:
+        assert (mnt / "config.json").read_bytes() == contents["config.json"]
+    inspected = run_cli("inspect", digest_ref, "--insecure-http").stdout
+    assert "blobs:       10" in inspected
+    assert "ok:" in run_cli("verify", tag_ref, "--key-file", key, "--insecure-http").stdout
+
+
+def test_plain_http_registry_needs_the_insecure_flag(encrypted_model, registry, tmp_path):
+    *_, store, _ = encrypted_model
+    result = run_cli("push", store, registry.ref("models/refused:v1"), check=False)
+    assert result.returncode == 1 and "cmlfs: error:" in result.stderr
+
+
+def test_tampered_blob_in_the_registry_gives_eio(encrypted_model, registry, tmp_path):
+    _, contents, store, key = encrypted_model
+    digest_ref, _ = push(
+        store, registry.ref(f"models/{tmp_path.name.lower()}:x"), "--insecure-http"
+    )
+    data_file = registry.blob_data(blob_of(store, key, "model.safetensors"))
+    data = bytearray(data_file.read_bytes())
+    data[HEADER_LEN + 7] ^= 1
+    data_file.write_bytes(bytes(data))
+    try:
+        with mounted(digest_ref, tmp_path / "mnt", "--key-file", key, "--insecure-http") as mnt:
+            with pytest.raises(OSError) as failed:
+                (mnt / "model.safetensors").read_bytes()
+            assert failed.value.errno == errno.EIO
+            assert (mnt / "config.json").read_bytes() == contents["config.json"]
+    finally:
+        data[HEADER_LEN + 7] ^= 1  # other tests may share this content-addressed blob
+        data_file.write_bytes(bytes(data))
+
+
+def test_tls_and_basic_auth_registry(encrypted_model, secure_registry, tmp_path):
+    src, contents, store, key = encrypted_model
+    env = {**os.environ, "REQUESTS_CA_BUNDLE": str(secure_registry.ca_file)}
+    auth = ("--registry-auth-file", secure_registry.auth_file)
+    ref = secure_registry.ref("private/model:v1")
+
+    denied = run_cli("push", store, ref, env=env, check=False)
+    assert denied.returncode == 1 and "needs credentials" in denied.stderr
+    untrusted = run_cli("push", store, ref, *auth, check=False)
+    assert untrusted.returncode == 1 and "TLS handshake failed" in untrusted.stderr
+
+    digest_ref, _ = push(store, ref, *auth, env=env)
+    with mounted(digest_ref, tmp_path / "mnt", "--key-file", key, *auth, env=env) as mnt:
+        assert_reads_back(mnt, src, contents)
+    log = run_cli("verify", digest_ref, "--key-file", key, *auth, env=env)
+    assert "ok:" in log.stdout and "s3cret" not in log.stdout + log.stderr

@@ -1,0 +1,78 @@
+"""S3 stores: push to and mount from a real S3-compatible server (moto in server mode)."""
+
+import errno
+
+import pytest
+
+from cmlfs.format.layout import HEADER_LEN
+from tests.conftest import mounted, run_cli
+from tests.e2e.stores_servers import S3_BUCKET, assert_reads_back, blob_of
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture
+def pushed(encrypted_model, s3_server, tmp_path):
+    """(src, contents, local store, key, s3 url, prefix) of a model pushed to S3."""
+    src, contents, store, key = encrypted_model
+    prefix = f"models/{tmp_path.name}"
+    url = f"s3://{S3_BUCKET}/{prefix}"
+    out = run_cli("push", store, url, env=s3_server.env).stdout
+    assert "11 objects uploaded, 0 already there" in out
+    assert f"mount with: cmlfs mount {url}/ MOUNTPOINT" in out
+    return src, contents, store, key, url, prefix
+
+
+def test_push_resumes_and_mount_reads_back(pushed, s3_server, tmp_path):
+    src, contents, store, key, url, _ = pushed
+    again = run_cli("push", store, url, env=s3_server.env).stdout
+    assert "1 objects uploaded, 10 already there" in again
+    with mounted(url, tmp_path / "mnt", "--key-file", key, env=s3_server.env) as mnt:
+        assert_reads_back(mnt, src, contents)
+    inspected = run_cli("inspect", url, env=s3_server.env).stdout
+    assert "blobs:       10" in inspected
+    assert "ok:" in run_cli("verify", url, "--key-file", key, env=s3_server.env).stdout
+
+
+def test_tampered_object_gives_eio(pushed, s3_server, tmp_path):
+    _, contents, store, key, url, prefix = pushed
+    name = f"{prefix}/blobs/{blob_of(store, key, 'model.safetensors')}"
+    client = s3_server.client()
+    data = bytearray(client.get_object(Bucket=S3_BUCKET, Key=name)["Body"].read())
+    data[HEADER_LEN + 5] ^= 0x80
+    client.put_object(Bucket=S3_BUCKET, Key=name, Body=bytes(data))
+    with mounted(url, tmp_path / "mnt", "--key-file", key, env=s3_server.env) as mnt:
+        with pytest.raises(OSError) as failed:
+            (mnt / "model.safetensors").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert (mnt / "config.json").read_bytes() == contents["config.json"]
+
+
+def test_missing_credentials_fail_with_one_line(pushed, s3_server):
+    *_, key, url, _ = pushed
+    env = {k: v for k, v in s3_server.env.items() if not k.startswith("AWS_SECRET")}
+    env.pop("AWS_ACCESS_KEY_ID")
+    result = run_cli("verify", url, "--key-file", key, env=env, check=False)
+    assert result.returncode == 1
+    assert "no AWS credentials" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_object_replaced_under_a_running_mount_is_detected(pushed, s3_server, tmp_path):
+    _, contents, store, key, url, prefix = pushed
+    name = f"{prefix}/blobs/{blob_of(store, key, 'model.safetensors')}"
+    client = s3_server.client()
+    log = tmp_path / "daemon.log"
+    args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
+    with (
+        mounted(url, tmp_path / "mnt", *args, env=s3_server.env) as mnt,
+        open(mnt / "model.safetensors", "rb") as f,
+    ):
+        assert f.read(4096) == contents["model.safetensors"][:4096]
+        data = bytearray(client.get_object(Bucket=S3_BUCKET, Key=name)["Body"].read())
+        data[-1] ^= 1  # a new version: new ETag, same size
+        client.put_object(Bucket=S3_BUCKET, Key=name, Body=bytes(data))
+        f.seek(2 * 65536)
+        with pytest.raises(OSError) as failed:
+            f.read(65536)
+        assert failed.value.errno == errno.EIO
+    assert "replaced since it was first read" in log.read_text()
