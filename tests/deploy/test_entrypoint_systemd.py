@@ -1,0 +1,96 @@
+"""The entrypoint shared by the image and the systemd unit, run on this host; the unit itself."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmlfs.mountpoint import mount_entry
+from tests.conftest import force_unmount, run_cli, tree_digests, write_sample_model
+from tests.deploy.conftest import ROOT, stop, wait_for
+
+ENTRYPOINT = ROOT / "container" / "entrypoint.sh"
+UNIT = ROOT / "deploy" / "systemd" / "cmlfs@.service"
+
+
+@pytest.mark.fuse
+def test_entrypoint_mounts_on_a_subdirectory_and_unmounts_on_sigterm(tmp_path):
+    write_sample_model(tmp_path / "src")
+    key = tmp_path / "model.key"
+    run_cli("keygen", "--out", key)
+    run_cli("encrypt", tmp_path / "src", tmp_path / "store", "--key-file", key)
+    mnt = tmp_path / "volume" / "model"  # created by the entrypoint
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CMLFS_STORE": str(tmp_path / "store"),
+        "CMLFS_MOUNT": str(mnt),
+        "CMLFS_HTTP": "127.0.0.1:0",
+    }
+    process = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "--key-file", str(key)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: mount_entry(mnt) is not None, what="the mount")
+        assert tree_digests(mnt) == tree_digests(tmp_path / "src")
+        assert "allow_other" in Path("/proc/self/mountinfo").read_text().split(f" {mnt} ")[1]
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        stop(process, signal.SIGKILL)
+        force_unmount(mnt)
+    assert process.returncode == 0, err
+    assert mount_entry(mnt) is None
+    assert "event=unmounted" in err
+
+
+@pytest.mark.parametrize("mount", ["/data", "data/model", ""])
+def test_entrypoint_refuses_a_mount_at_the_volume_root(mount):
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT)],
+        env={"PATH": "/usr/bin:/bin", "CMLFS_STORE": "/store", "CMLFS_MOUNT": mount},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "CMLFS_MOUNT" in result.stderr
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    """The unit, with its entrypoint at this checkout's path instead of /usr/local/bin."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: install Debian package systemd")
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/cmlfs-entrypoint", str(ENTRYPOINT)))
+    assert os.access(ENTRYPOINT, os.X_OK)
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(tmp_path / "cmlfs@llama.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_systemd_unit_uses_no_mount_namespace():
+    """A private mount namespace would hide the FUSE mount from the model server."""
+    settings = {
+        line.split("=", 1)[0]
+        for line in UNIT.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    hiding = {
+        "PrivateTmp", "ProtectSystem", "ProtectHome", "ReadOnlyPaths", "InaccessiblePaths",
+        "TemporaryFileSystem", "PrivateDevices", "ProtectKernelModules", "PrivateMounts",
+        "BindPaths", "MountFlags", "RootDirectory",
+    }  # fmt: skip
+    assert not settings & hiding

@@ -1,0 +1,276 @@
+"""The Helm chart: lint, render for K8s 1.29 and 1.33, strict schema validation, pod shape."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import CHART, ROOT, tool
+
+KUBE_VERSIONS = ["1.29.0", "1.33.0"]
+EXAMPLES = ["vllm-values.yaml", "tgi-values.yaml", "tei-values.yaml"]
+STORE = "https://models.example/m"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([tool("helm"), *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def template(*values: str, chart: Path = CHART, kube: str = "1.33.0") -> str:
+    """``helm template`` with ``--set`` VALUES (``-f`` for items naming a values file)."""
+    args = ["template", "t", str(chart), "--kube-version", kube]
+    for value in values:
+        args += ["-f", str(CHART / value)] if value.endswith(".yaml") else ["--set", value]
+    return helm(*args).stdout
+
+
+def render(*values: str, chart: Path = CHART) -> dict[str, dict]:
+    """kind -> object of the rendered chart."""
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(template(*values, chart=chart)) if doc}
+
+
+def pod(*values: str) -> dict:
+    return render(*values)["Deployment"]["spec"]["template"]["spec"]
+
+
+def by_name(items: list[dict], name: str) -> dict:
+    return next(item for item in items if item["name"] == name)
+
+
+@pytest.mark.parametrize("values", [[], *[["-f", str(CHART / f)] for f in EXAMPLES]])
+def test_helm_lint_strict(values):
+    result = helm("lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in result.stdout
+
+
+VARIANTS = {
+    "default": [],
+    "sidecar": ["cmlfs.enabled=true", f"cmlfs.store={STORE}"],
+    "plain-sidecar": ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.nativeSidecar=false"],
+    "tdx-pvc": ["tdxEnabled=true", "global.modelUsePVC=models"],
+    **{name.removesuffix("-values.yaml"): [name] for name in EXAMPLES},
+}
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rendered_objects_pass_strict_kubernetes_validation(variant, kube, tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(template(*VARIANTS[variant], kube=kube))
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "-k", kube, "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cmlfs_is_off_by_default_and_the_model_volume_is_opea_style():
+    spec = pod()
+    assert "initContainers" not in spec
+    assert [c["name"] for c in spec["containers"]] == ["server"]
+    server = spec["containers"][0]
+    assert by_name(server["volumeMounts"], "model-volume") == {
+        "name": "model-volume",
+        "mountPath": "/data",
+    }
+    assert server["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    assert server["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "runtimeClassName" not in spec
+    hostpath = pod("global.modelUseHostPath=/mnt/models")
+    assert by_name(hostpath["volumes"], "model-volume")["hostPath"]["path"] == "/mnt/models"
+
+
+def test_tdx_selects_the_kata_tdx_runtime_class():
+    assert pod("tdxEnabled=true")["runtimeClassName"] == "kata-qemu-tdx"
+    assert pod("tdxEnabled=true", "runtimeClassName=kata-cc")["runtimeClassName"] == "kata-cc"
+
+
+def test_sidecar_propagates_its_mount_to_the_server_from_a_subdirectory():
+    spec = pod("cmlfs.enabled=true", f"cmlfs.store={STORE}")
+    (sidecar,) = spec["initContainers"]
+    (server,) = spec["containers"]
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar: starts first, stops last
+    assert sidecar["securityContext"]["privileged"] is True
+    shared = by_name(sidecar["volumeMounts"], "model-volume")
+    assert shared["mountPropagation"] == "Bidirectional"
+    seen = by_name(server["volumeMounts"], "model-volume")
+    assert seen["mountPropagation"] == "HostToContainer"
+    assert seen["mountPath"] == shared["mountPath"] == "/data"
+    assert "privileged" not in server["securityContext"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["CMLFS_MOUNT"] == "/data/model"  # a subdirectory, never the volume root
+    assert env["CMLFS_STORE"] == STORE
+    assert by_name(spec["volumes"], "model-volume") == {"name": "model-volume", "emptyDir": {}}
+    probe = sidecar["startupProbe"]["exec"]["command"]
+    assert probe[-1] == "/proc/self/mountinfo" and " /data/model " in probe[-2]
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "cmlfs-status"}
+    assert "--allow-other" in sidecar["args"]
+
+
+def test_the_model_directory_and_volume_are_configurable():
+    spec = pod(
+        "cmlfs.enabled=true",
+        f"cmlfs.store={STORE}",
+        "cmlfs.mountPath=/models",
+        "cmlfs.modelDir=llama",
+    )
+    env = {e["name"]: e.get("value") for e in spec["initContainers"][0]["env"]}
+    assert env["CMLFS_MOUNT"] == "/models/llama"
+    assert by_name(spec["containers"][0]["volumeMounts"], "model-volume")["mountPath"] == "/models"
+
+
+def test_plain_sidecar_for_older_clusters_blocks_the_server_in_post_start():
+    spec = pod("cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.nativeSidecar=false")
+    assert "initContainers" not in spec
+    sidecar, server = spec["containers"]
+    assert sidecar["name"] == "cmlfs" and server["name"] == "server"
+    assert "restartPolicy" not in sidecar
+    assert "fuse.cmlfs" in sidecar["lifecycle"]["postStart"]["exec"]["command"][-1]
+
+
+def test_secrets_and_config_maps_feed_the_sidecar():
+    spec = pod("vllm-values.yaml")
+    sidecar = spec["initContainers"][0]
+    assert "--kbs-ca=/etc/cmlfs/kbs-ca/ca.crt" in sidecar["args"]
+    assert "--registry-auth-file=/etc/cmlfs/registry/.dockerconfigjson" in sidecar["args"]
+    assert by_name(spec["volumes"], "cmlfs-kbs-ca")["configMap"]["name"] == "kbs-ca"
+    auth = by_name(spec["volumes"], "cmlfs-registry-auth")["secret"]
+    assert auth == {"secretName": "model-registry-auth", "defaultMode": 0o400}
+    mounted = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert mounted["cmlfs-registry-auth"]["readOnly"] is True
+    tei = pod("tei-values.yaml")["initContainers"][0]
+    assert "--store-header-file=/etc/cmlfs/store-headers/headers" in tei["args"]
+    assert tei["startupProbe"]["httpGet"]["path"] == "/readyz"  # no exec probe at all
+    assert "exec" not in tei["startupProbe"]
+
+
+def test_in_container_mode_wraps_the_server_command_without_propagation():
+    spec = pod("tgi-values.yaml")
+    assert "initContainers" not in spec
+    assert spec["runtimeClassName"] == "kata-qemu-tdx"
+    (server,) = spec["containers"]
+    command = server["command"]
+    assert command[:2] == ["cmlfs", "run"]
+    separator = command.index("--")
+    assert command[separator + 1 :] == [
+        "text-generation-launcher",
+        "--model-id=/data/model",
+        "--port=8080",
+    ]
+    assert "--store=$(CMLFS_STORE)" in command[:separator]
+    assert "args" not in server
+    env = {e["name"]: e for e in server["env"]}
+    assert env["CMLFS_STORE"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "model-location",
+        "key": "store",
+    }
+    assert server["envFrom"] == [{"secretRef": {"name": "model-bucket-credentials"}}]
+    assert "mountPropagation" not in by_name(server["volumeMounts"], "model-volume")
+    assert server["securityContext"]["privileged"] is True
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["cmlfs.enabled=true"], "needs cmlfs.store or cmlfs.storeFrom"),
+        ([f"cmlfs.store={STORE}", "cmlfs.enabled=true", "cmlfs.mode=daemonset"], "cmlfs.mode"),
+        ([f"cmlfs.store={STORE}", "cmlfs.enabled=true", "cmlfs.modelDir=.."], "modelDir"),
+        ([f"cmlfs.store={STORE}", "cmlfs.enabled=true", "cmlfs.modelDir="], "modelDir"),
+        (["cmlfs.enabled=true", f"cmlfs.stroe={STORE}"], "stroe"),
+        (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyUri=http://x"], "keyUri"),
+        (
+            ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container", "args=null"],
+            "needs the server's full command",
+        ),
+        (
+            [
+                "cmlfs.enabled=true",
+                f"cmlfs.store={STORE}",
+                "cmlfs.probe=http",
+                "cmlfs.http.enabled=false",
+            ],
+            "probe: http needs cmlfs.http.enabled",
+        ),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(values, message):
+    result = helm("template", "t", str(CHART), *(f"--set={value}" for value in values), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_another_chart_adds_the_sidecar_with_one_include(tmp_path):
+    """An OPEA-style chart vendoring cmlfs-lib gets the native sidecar from one include."""
+    chart = tmp_path / "opea-tei"
+    (chart / "templates").mkdir(parents=True)
+    shutil.copytree(CHART / "charts" / "cmlfs-lib", chart / "charts" / "cmlfs-lib")
+    (chart / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: opea-tei\nversion: 1.0.0\n"
+        "dependencies:\n  - name: cmlfs-lib\n    version: 0.1.0\n"
+    )
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["cmlfs"]
+    defaults.update(enabled=True, store=STORE, image={"repository": "cmlfs", "tag": "0.1.0"})
+    (chart / "values.yaml").write_text(yaml.safe_dump({"cmlfs": defaults}))
+    (chart / "templates" / "pod.yaml").write_text(
+        """apiVersion: v1
+kind: Pod
+metadata:
+  name: tei
+spec:
+  initContainers:
+    {{- include "cmlfs-lib.sidecar" (dict "cmlfs" .Values.cmlfs "root" $) | nindent 4 }}
+  containers:
+    - name: tei
+      image: ghcr.io/huggingface/text-embeddings-inference:cpu-1.5
+      args: ["--model-id", "/data/model"]
+      volumeMounts:
+        {{- include "cmlfs-lib.serverVolumeMount" (dict "cmlfs" .Values.cmlfs) | nindent 8 }}
+  volumes:
+    {{- include "cmlfs-lib.volumes" (dict "cmlfs" .Values.cmlfs "root" $) | nindent 4 }}
+"""
+    )
+    spec = render(chart=chart)["Pod"]["spec"]
+    assert spec["initContainers"][0]["restartPolicy"] == "Always"
+    assert spec["containers"][0]["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+    rendered = tmp_path / "pod.yaml"
+    rendered.write_text(template(chart=chart))
+    validate = [tool("kubernetes-validate"), "--strict", "-k", "1.29.0", "--quiet", str(rendered)]
+    assert subprocess.run(validate, capture_output=True, timeout=120).returncode == 0
+
+
+def test_plain_manifests_are_the_current_render_of_the_chart(tmp_path):
+    manifests = ROOT / "deploy" / "manifests"
+    copy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", copy)
+    subprocess.run(
+        [str(copy / "manifests" / "render.sh")],
+        env={"HELM": tool("helm"), "PATH": "/usr/bin:/bin"},
+        check=True,
+        timeout=120,
+    )
+    for rendered in sorted(manifests.glob("*.yaml")):
+        fresh = (copy / "manifests" / rendered.name).read_text()
+        assert rendered.read_text() == fresh, f"{rendered.name} is stale: run {manifests}/render.sh"
+
+
+def test_yaml_files_pass_yamllint():
+    files = [*CHART.glob("*.yaml"), *(ROOT / "deploy" / "manifests").glob("*.yaml")]
+    config = (
+        "{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+        "indentation: {indent-sequences: whatever}}}"  # helm's toYaml does not indent lists
+    )
+    result = subprocess.run(
+        [tool("yamllint"), "--strict", "-d", config, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
