@@ -109,6 +109,26 @@ class RecordCipher:
         except InvalidTag:
             raise IntegrityError("authentication failed") from None
 
+    def open_into(
+        self, record: bytes | memoryview, associated_data: bytes, out: memoryview
+    ) -> None:
+        """Open ``record`` straight into ``out`` (its exact plaintext length).
+
+        On failure ``out`` is zeroed before IntegrityError is raised: a backend may
+        have written unauthenticated plaintext there.
+        """
+        if len(record) < RECORD_OVERHEAD or len(out) != len(record) - RECORD_OVERHEAD:
+            raise IntegrityError("record length does not match its plaintext")
+        try:
+            if self.backend is Backend.CRYPTOGRAPHY:
+                view = memoryview(record)
+                self._aead.decrypt_into(view[:NONCE_LEN], view[NONCE_LEN:], associated_data, out)
+            else:
+                out[:] = self._open(record, associated_data)
+        except InvalidTag:
+            out[:] = bytes(len(out))
+            raise IntegrityError("authentication failed") from None
+
     def _open_cryptography(self, record: bytes | memoryview, associated_data: bytes) -> bytes:
         view = memoryview(record)
         return self._aead.decrypt(view[:NONCE_LEN], view[NONCE_LEN:], associated_data)

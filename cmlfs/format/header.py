@@ -130,25 +130,41 @@ class BlobOpener:
         except IntegrityError:
             raise IntegrityError(f"chunk {index}: authentication failed") from None
 
-    def open_span(
-        self, first: int, last: int, data: bytes | memoryview
-    ) -> list[bytes | IntegrityError]:
+    def open_span(self, first: int, last: int, data: bytes | memoryview) -> "OpenedSpan":
         """Open the records of chunks ``first..last`` from one contiguous read of them.
 
-        A record that fails is returned as its IntegrityError, so that its
-        intact neighbours in the same read stay usable.
+        The plaintexts land in one buffer, in order, each decrypted straight into
+        place. A record that fails leaves its part of the buffer zeroed and is
+        listed in ``failures``, so that its intact neighbours stay usable.
         """
         offset, length = self.layout.records_span(first, last)
         if len(data) != length:
             raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
-        view = memoryview(data)
-        results: list[bytes | IntegrityError] = []
+        base = self.layout.chunk_offset(first)
+        end = self.layout.chunk_offset(last) + self.layout.chunk_len(last)
+        plaintext = bytearray(end - base)
+        out = memoryview(plaintext)
+        records = memoryview(data)
+        failures: dict[int, IntegrityError] = {}
         for index in range(first, last + 1):
             start = self.layout.record_offset(index) - offset
+            record = records[start : start + self.layout.record_len(index)]
+            at = self.layout.chunk_offset(index) - base
+            ad = chunk_associated_data(self._header_digest, index, self.layout.is_last(index))
             try:
-                results.append(
-                    self.open_chunk(index, view[start : start + self.layout.record_len(index)])
-                )
-            except IntegrityError as exc:
-                results.append(exc)
-        return results
+                self._cipher.open_into(record, ad, out[at : at + self.layout.chunk_len(index)])
+            except IntegrityError:
+                failures[index] = IntegrityError(f"chunk {index}: authentication failed")
+        return OpenedSpan(first, plaintext, failures)
+
+
+@dataclass(frozen=True)
+class OpenedSpan:
+    """The plaintext of consecutive chunks from ``first`` on, with the chunks that failed.
+
+    Bytes of a failed chunk are zero and must never be served.
+    """
+
+    first: int
+    plaintext: bytearray
+    failures: dict[int, IntegrityError]

@@ -1,8 +1,12 @@
 """ModelReader: plaintext reads of a model's files over a store, a chunk cache and worker threads.
 
 A read maps to chunk indices; missing chunks are fetched as aligned runs (one
-store request per run), opened in a worker thread, and only then cached.
-Concurrent misses on one run share a single fetch and decryption. A reader
+store request per run) and opened straight into one plaintext buffer per run,
+which is cached whole once every chunk of it authenticated; a read that lies
+within one run is answered with a view of that buffer, without a copy.
+Concurrent misses on one run share a single fetch and decryption. Fetching
+and opening run in worker threads, or inline on the event loop for a local
+store, where a thread hand-off costs more than it saves. A reader
 that continues where its last read ended triggers background fetches of the
 next runs (prefetch). An optional disk cache keeps ciphertext spans, committed
 only after they authenticated. The reader
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from cmlfs.errors import CmlfsError, IntegrityError, StoreError
-from cmlfs.format.header import BlobHeader, BlobOpener
+from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader.cache import ChunkCache, SingleFlight
@@ -85,6 +89,7 @@ class ModelReader:
         threads: int | None = None,
         prefetch_runs: int = 0,
         disk_cache: DiskCache | None = None,
+        inline: bool = False,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -95,53 +100,51 @@ class ModelReader:
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
         self._openers: dict[int, BlobOpener] = {}
         self._opening: SingleFlight[BlobOpener] = SingleFlight()
-        self._fetching: SingleFlight[list[bytes | IntegrityError]] = SingleFlight()
+        self._fetching: SingleFlight[OpenedSpan] = SingleFlight()
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
+        self._inline = inline
         # Prefetch only what the cache can hold next to the runs being read.
         room = cache_bytes // max(run_bytes, manifest.chunk_size) - 2
         self._prefetch_runs = max(0, min(prefetch_runs, room))
         self._next_offset: dict[int, int] = {}
 
-    async def read(self, index: int, offset: int, size: int) -> bytes:
-        """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF)."""
+    async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).
+
+        The result is bytes or a read-only view; never a byte that failed authentication.
+        """
         started = time.perf_counter()
         layout = self._layouts[index]
         chunks = layout.chunks_for_range(offset, size)
         if not chunks:
             return b""
+        runs = range(chunks[0] // self._run_chunks, chunks[-1] // self._run_chunks + 1)
         if self._prefetch_runs and self._next_offset.get(index) == offset:
-            self._prefetch(index, chunks[-1] // self._run_chunks)
+            self._prefetch(index, runs[-1])
         self._next_offset[index] = offset + size
-        found: dict[int, bytes | IntegrityError] = {}
-        missing_runs: list[int] = []
-        for chunk in chunks:
-            data = self.cache.get((index, chunk))
-            if data is not None:
-                found[chunk] = data
-            elif not missing_runs or missing_runs[-1] != chunk // self._run_chunks:
-                missing_runs.append(chunk // self._run_chunks)
-        if missing_runs:
-            opener = await self._opener(index)
-            if len(missing_runs) == 1:
-                await self._collect_run(index, opener, missing_runs[0], found)
+        found: dict[int, OpenedSpan] = {}
+        missing: list[int] = []
+        for run in runs:
+            plaintext = self.cache.get((index, run))
+            if plaintext is None:
+                missing.append(run)
             else:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        for run in missing_runs:
-                            nursery.start_soon(self._collect_run, index, opener, run, found)
-                except ExceptionGroup as group:
-                    raise _first_leaf(group) from None
-        end = offset + size
+                found[run] = OpenedSpan(run * self._run_chunks, plaintext, {})
+        if missing:
+            await self._collect_runs(index, missing, found)
+        end = min(offset + size, layout.plaintext_size)
         pieces = []
-        for chunk in chunks:
-            base = layout.chunk_offset(chunk)
-            data = found[chunk]
-            if isinstance(data, IntegrityError):
-                self.stats.integrity_failures += 1
-                raise data
-            pieces.append(memoryview(data)[max(offset - base, 0) : min(end - base, len(data))])
-        result = pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+        for run in runs:
+            span = found[run]
+            for chunk, error in span.failures.items():
+                if chunk in chunks:
+                    self.stats.integrity_failures += 1
+                    raise error
+            base = layout.chunk_offset(span.first)
+            view = memoryview(span.plaintext).toreadonly()
+            pieces.append(view[max(offset - base, 0) : end - base])
+        result = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self.stats.bytes_read += len(result)
         self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
@@ -156,7 +159,7 @@ class ModelReader:
         n_runs = -(-self._layouts[index].n_chunks // self._run_chunks)
         for ahead in range(run + 1, min(run + 1 + self._prefetch_runs, n_runs)):
             key = (index, ahead)
-            if (index, ahead * self._run_chunks) not in self.cache and not self._fetching.busy(key):
+            if key not in self.cache and not self._fetching.busy(key):
                 trio.lowlevel.spawn_system_task(self._prefetch_run, index, ahead)
 
     async def _prefetch_run(self, index: int, run: int) -> None:
@@ -167,35 +170,44 @@ class ModelReader:
         except Exception as exc:  # a system task must not fail; a demand read reports it
             log.debug("event=prefetch_failed file=%d run=%d reason=%s", index, run, exc)
 
-    async def _collect_run(
-        self, index: int, opener: BlobOpener, run: int, found: dict[int, bytes | IntegrityError]
+    async def _collect_runs(
+        self, index: int, runs: list[int], found: dict[int, OpenedSpan]
     ) -> None:
-        first = run * self._run_chunks
-        plaintexts = await self._fetching.run(
-            (index, run), lambda: self._fetch_run(index, opener, first)
-        )
-        for offset, data in enumerate(plaintexts):
-            found[first + offset] = data
+        opener = await self._opener(index)
+        if len(runs) == 1:
+            await self._collect_run(index, opener, runs[0], found)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                for run in runs:
+                    nursery.start_soon(self._collect_run, index, opener, run, found)
+        except ExceptionGroup as group:
+            raise _first_leaf(group) from None
 
-    async def _fetch_run(
-        self, index: int, opener: BlobOpener, first: int
-    ) -> list[bytes | IntegrityError]:
+    async def _collect_run(
+        self, index: int, opener: BlobOpener, run: int, found: dict[int, OpenedSpan]
+    ) -> None:
+        found[run] = await self._fetching.run(
+            (index, run), lambda: self._fetch_run(index, opener, run * self._run_chunks)
+        )
+
+    async def _fetch_run(self, index: int, opener: BlobOpener, first: int) -> OpenedSpan:
         layout = self._layouts[index]
         last = min(first + self._run_chunks, layout.n_chunks) - 1
         entry = self.manifest.files[index]
         self.stats.store_requests += 1
-        plaintexts = await self._in_thread(self._fetch_and_open, entry, opener, first, last)
-        for offset, data in enumerate(plaintexts):
-            if isinstance(data, bytes):
-                self.cache.put((index, first + offset), data)
-                self.stats.bytes_decrypted += len(data)
-                self.stats.chunks_decrypted += 1
-        return plaintexts
+        span = await self._run_blocking(self._fetch_and_open, entry, opener, first, last)
+        if not span.failures:
+            self.cache.put((index, first // self._run_chunks), span.plaintext)
+        opened = [c for c in range(first, last + 1) if c not in span.failures]
+        self.stats.chunks_decrypted += len(opened)
+        self.stats.bytes_decrypted += sum(layout.chunk_len(c) for c in opened)
+        return span
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int
-    ) -> list[bytes | IntegrityError]:
-        """Chunk plaintexts of one run; a chunk that failed is its error, named by file.
+    ) -> OpenedSpan:
+        """The opened plaintext of one run; a chunk that failed is listed, named by file.
 
         A disk-cached span that fails to authenticate is dropped and fetched again;
         a fetched span enters the disk cache only if every chunk of it authenticated.
@@ -203,21 +215,20 @@ class ModelReader:
         offset, length = opener.layout.records_span(first, last)
         cache = self._disk_cache
         cached = cache.get(entry.blob_name, offset, length) if cache else None
-        results = _open_all(opener, first, last, cached) if cached is not None else None
-        if cache and cached is not None and results is None:
+        span = _open_all(opener, first, last, cached) if cached is not None else None
+        if cache and cached is not None and span is None:
             cache.discard(entry.blob_name, offset, length)
-        if results is None:
+        if span is None:
             data = self.store.read_range(entry.blob_name, offset, length)
             try:
-                results = opener.open_span(first, last, data)
+                span = opener.open_span(first, last, data)
             except IntegrityError as exc:
                 raise IntegrityError(f"{entry.path}: {exc}") from None
-            if cache and not any(isinstance(r, IntegrityError) for r in results):
+            if cache and not span.failures:
                 cache.put(entry.blob_name, offset, length, data)
-        return [
-            IntegrityError(f"{entry.path}: {r}") if isinstance(r, IntegrityError) else r
-            for r in results
-        ]
+        for chunk, error in span.failures.items():
+            span.failures[chunk] = IntegrityError(f"{entry.path}: {error}")
+        return span
 
     async def _opener(self, index: int) -> BlobOpener:
         opener = self._openers.get(index)
@@ -227,11 +238,13 @@ class ModelReader:
         return opener
 
     async def _open_blob(self, index: int) -> BlobOpener:
-        return await self._in_thread(self._check_blob, self.manifest.files[index])
+        return await self._run_blocking(self._check_blob, self.manifest.files[index])
 
-    async def _in_thread(self, function, *args):
-        """Run blocking store and crypto work in a worker thread, counting failures."""
+    async def _run_blocking(self, function, *args):
+        """Run store and crypto work in a worker thread (or inline), counting failures."""
         try:
+            if self._inline:
+                return function(*args)
             return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
         except IntegrityError:
             self.stats.integrity_failures += 1
@@ -263,15 +276,13 @@ class ModelReader:
         return opener
 
 
-def _open_all(
-    opener: BlobOpener, first: int, last: int, data: bytes
-) -> list[bytes | IntegrityError] | None:
-    """The run's plaintexts if every chunk of ``data`` authenticates, else None."""
+def _open_all(opener: BlobOpener, first: int, last: int, data: bytes) -> OpenedSpan | None:
+    """The opened run if every chunk of ``data`` authenticates, else None."""
     try:
-        results = opener.open_span(first, last, data)
+        span = opener.open_span(first, last, data)
     except IntegrityError:
         return None
-    return None if any(isinstance(r, IntegrityError) for r in results) else results
+    return None if span.failures else span
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

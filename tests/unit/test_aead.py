@@ -161,3 +161,21 @@ def test_backends_interoperate_both_ways(size: int):
 def test_tink_backend_refuses_algorithms_it_does_not_serve():
     with pytest.raises(ValueError):
         RecordCipher(Algorithm.AES_256_GCM, bytes(32), Backend.TINK)
+
+
+@pytest.mark.parametrize("backend", [Backend.CRYPTOGRAPHY, Backend.TINK])
+def test_open_into_writes_the_plaintext_in_place_and_zeroes_it_on_failure(backend):
+    key, nonce, ad = os.urandom(32), os.urandom(12), b"ad"
+    cipher = RecordCipher(Algorithm.AES_256_GCM_SIV, key, backend)
+    plaintext = os.urandom(5000)
+    record = cipher.seal(plaintext, ad, nonce)
+    buffer = bytearray(b"\xaa" * 6000)
+    cipher.open_into(record, ad, memoryview(buffer)[500:5500])
+    assert buffer[500:5500] == plaintext and buffer[:500] == b"\xaa" * 500
+    damaged = bytearray(record)
+    damaged[100] ^= 1
+    with pytest.raises(IntegrityError):
+        cipher.open_into(bytes(damaged), ad, memoryview(buffer)[500:5500])
+    assert buffer[500:5500] == bytes(5000)  # unauthenticated plaintext never stays behind
+    with pytest.raises(IntegrityError):
+        cipher.open_into(record, ad, memoryview(buffer)[:10])

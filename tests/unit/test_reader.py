@@ -116,7 +116,7 @@ def test_damaged_chunk_fails_only_reads_that_touch_it(model, tmp_path):
         read(reader, big, 6 * CHUNK, 2 * CHUNK)
     assert read(reader, big, 0, 7 * CHUNK) == contents["big.bin"][: 7 * CHUNK]
     assert read(reader, big, 8 * CHUNK, CHUNK) == contents["big.bin"][8 * CHUNK : 9 * CHUNK]
-    assert reader.cache.get((big, 7)) is None
+    assert reader.cache.get((big, 7)) is None  # run 7 (one chunk per run here)
     assert reader.stats.integrity_failures == 2
 
 
@@ -138,3 +138,30 @@ def test_blob_that_disagrees_with_the_manifest_is_refused(model, tmp_path, chang
     with pytest.raises(IntegrityError):
         read(reader, index["big.bin"], 0, 10)
     assert read(reader, index["small.txt"], 0, 10) == b"hello"
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "threads"])
+def test_inline_and_threaded_readers_agree_on_bytes_and_failures(model, tmp_path, inline):
+    store, contents = model
+    damaged = tmp_path / "store"
+    os.system(f"cp -r {store} {damaged}")
+    reader, index = open_reader(damaged, run_bytes=4 * CHUNK, inline=inline)
+    blob = damaged / reader.manifest.files[index["big.bin"]].blob_name
+    raw = bytearray(blob.read_bytes())
+    raw[HEADER_LEN + 9 * (CHUNK + RECORD_OVERHEAD) + 40] ^= 2
+    blob.write_bytes(raw)
+    big, plain = index["big.bin"], contents["big.bin"]
+    assert read(reader, big, 0, 9 * CHUNK) == plain[: 9 * CHUNK]
+    assert read(reader, big, 10 * CHUNK, 5 * CHUNK) == plain[10 * CHUNK : 15 * CHUNK]
+    with pytest.raises(IntegrityError, match=r"chunk 9"):
+        read(reader, big, 9 * CHUNK + 100, 10)
+    assert (big, 2) not in reader.cache  # run 2 (chunks 8-11) holds the damaged chunk
+    assert (big, 0) in reader.cache
+
+
+def test_a_read_within_one_run_is_a_read_only_view_without_a_copy(model):
+    store, contents = model
+    reader, index = open_reader(store, run_bytes=4 * CHUNK)
+    data = read(reader, index["big.bin"], 100, 2 * CHUNK)
+    assert isinstance(data, memoryview) and data.readonly
+    assert data == contents["big.bin"][100 : 100 + 2 * CHUNK]
