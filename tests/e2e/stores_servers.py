@@ -107,10 +107,9 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}/{sub}"
 
 
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory) -> Iterator[Nginx]:
+def start_nginx(base: Path) -> tuple[Server, Nginx]:
+    """nginx from apt serving ``base/www`` on a free loopback port (Range requests included)."""
     binary = need("nginx", "nginx-light")
-    base = tmp_path_factory.mktemp("nginx")
     root = base / "www"
     root.mkdir()
     port = free_port()
@@ -142,8 +141,14 @@ http {{
         port,
         base / "server.log",
     )
+    return server, Nginx(root, port)
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory) -> Iterator[Nginx]:
+    server, served = start_nginx(tmp_path_factory.mktemp("nginx"))
     try:
-        yield Nginx(root, port)
+        yield served
     finally:
         server.stop()
 
