@@ -104,6 +104,12 @@ def _add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
     _add_kbs_ca(keys)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return int(text)
+
+
 def _key_id(text: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", text):
         raise argparse.ArgumentTypeError("a key id is 32 lowercase hex digits")
@@ -167,6 +173,13 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         "else $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
     )
     group.add_argument(
+        "--store-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) that sign the store's TLS certificate: https:// stores, "
+        "registries and their token services, S3 endpoints (default: system CAs)",
+    )
+    group.add_argument(
         "--store-timeout",
         type=float,
         default=30.0,
@@ -203,6 +216,7 @@ def _store_settings(args: argparse.Namespace) -> StoreSettings:
         timeout=args.store_timeout,
         attempts=args.store_attempts,
         registry_auth_file=args.registry_auth_file or _default_registry_auth_file(),
+        ca_file=args.store_ca.absolute() if args.store_ca else None,
     )
 
 
@@ -418,13 +432,14 @@ def _add_key_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import open_model
+    from cmlfs.daemon import disable_core_dumps, open_model
+    from cmlfs.manifest import MAX_MANIFEST_LEN
     from cmlfs.stores import open_store
     from cmlfs.stores.base import ListingUnsupported
 
     settings = _store_settings(args)
     store = open_store(args.store, settings)
-    envelope = read_envelope(store.read_all(MANIFEST_NAME))
+    envelope = read_envelope(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
     print(f"store:       {store.describe()}")
     print(f"format:      {envelope.format_version}")
     print(f"key id:      {envelope.key_id}")
@@ -437,6 +452,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     source = _key_source(args)
     if source is None:
         return 0
+    disable_core_dumps()  # the key and the manifest are about to be in this process
     _, manifest, _ = open_model(args.store, source, settings, _key_settings(args), args.key_id)
     print(f"model:       {manifest.name} {manifest.version}".rstrip())
     print(f"algorithm:   {manifest.algorithm.label}")
@@ -448,9 +464,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import open_model
+    from cmlfs.daemon import disable_core_dumps, open_model
     from cmlfs.verify import verify_model
 
+    disable_core_dumps()  # the key and every plaintext chunk are about to be in this process
     store, manifest, key = open_model(
         args.store, _key_source(args), _store_settings(args), _key_settings(args), args.key_id
     )
@@ -478,6 +495,7 @@ def _mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
         allow_other=args.allow_other,
         store_settings=_store_settings(args),
         fetch_bytes=args.fetch_size,
+        threads=args.threads,
         disk_cache=args.disk_cache.absolute() if args.disk_cache else None,
         disk_cache_bytes=args.disk_cache_size,
         key_settings=_key_settings(args),
@@ -585,8 +603,15 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--fetch-size",
         type=_chunk_size,
         metavar="SIZE",
-        help="bytes fetched per store request, a power of two (default 1M from a folder, "
+        help="bytes fetched per store request, a power of two (default 256K from a folder, "
         "4M from a network store)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_count,
+        metavar="N",
+        help="worker threads for store reads and decryption; 0 runs them on the daemon's "
+        "event loop (default: 0 for a local folder, 8 for a network store)",
     )
     p.add_argument(
         "--disk-cache",

@@ -30,6 +30,7 @@ from cmlfs.fs import ModelFs
 from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
 from cmlfs.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_LEN,
     Manifest,
     manifest_digest,
     open_manifest,
@@ -47,6 +48,13 @@ log = logging.getLogger("cmlfs.daemon")
 READAHEAD_KB = 1024
 MAX_BACKGROUND = 64
 _PR_SET_DUMPABLE = 4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
+_CAP_IPC_LOCK = 14
+# Beyond the chunk cache, locked address space holds the interpreter, libraries, thread
+# stacks and malloc arenas (mostly reserved, not resident: MCL_ONFAULT locks pages only
+# when touched, but the kernel charges whole mappings against RLIMIT_MEMLOCK).
+LOCK_HEADROOM = 2 << 30
 REMOTE_RUN_BYTES = 4 * 1024 * 1024  # one request per 4 MiB amortizes network latency
 REMOTE_THREADS = 8  # fetches in flight at once from a network store
 PREFETCH_RUNS = 2
@@ -64,7 +72,8 @@ class MountSettings:
     cache_bytes: int
     allow_other: bool = False
     store_settings: StoreSettings = field(default_factory=StoreSettings)
-    fetch_bytes: int | None = None  # None: 1 MiB from a folder, 4 MiB from a network store
+    fetch_bytes: int | None = None  # None: 256 KiB from a folder, 4 MiB from a network store
+    threads: int | None = None  # None: inline (0) for a folder, REMOTE_THREADS for a network store
     disk_cache: Path | None = None  # ciphertext only
     disk_cache_bytes: int = 0
     key_settings: KeySettings = field(default_factory=KeySettings)
@@ -78,6 +87,63 @@ def disable_core_dumps() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise MountError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def lock_memory(cache_bytes: int) -> bool:
+    """Keep the key and the plaintext cache out of swap: mlockall(CURRENT|FUTURE|ONFAULT).
+
+    Only within RLIMIT_MEMLOCK: without CAP_IPC_LOCK the soft limit is raised to the
+    hard limit at most, and if that cannot cover the daemon's address space, nothing
+    is locked (MCL_FUTURE under a small limit would make later allocations fail).
+    Either way the outcome is one log line, and the daemon continues unlocked when it
+    must. Returns whether memory is locked.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    needed = _address_space_bytes() + cache_bytes + LOCK_HEADROOM
+    if not _has_capability(_CAP_IPC_LOCK) and hard != resource.RLIM_INFINITY and hard < needed:
+        log.warning(
+            "event=memory_not_locked reason=RLIMIT_MEMLOCK is %d bytes, about %d needed; "
+            "grant CAP_IPC_LOCK or raise the limit (ulimit -l) to keep the cache out of swap",
+            hard,
+            needed,
+        )
+        return False
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) != 0:
+        reason = os.strerror(ctypes.get_errno())
+        log.warning("event=memory_not_locked reason=mlockall failed: %s", reason)
+        return False
+    log.info("event=memory_locked flags=MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT")
+    return True
+
+
+def _has_capability(bit: int) -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+def _address_space_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def keep_large_buffers() -> None:
+    """Serve 1-4 MiB request buffers from the heap and keep freed memory for reuse.
+
+    By default glibc maps every allocation above 128 KiB afresh and unmaps it when
+    freed, so each read pays a page fault per 4 KiB page (about 3 us each on VMs that
+    return freed memory to the host). Reusing heap memory removes that cost; RSS
+    stays bounded by the peak of cache plus requests in flight.
+    """
+    libc = ctypes.CDLL(None)
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 def open_model(
@@ -97,7 +163,7 @@ def open_model(
     store, or another model under the same key) is refused before it is opened.
     """
     store = open_store(store_location, store_settings)
-    data = store.read_all(MANIFEST_NAME)
+    data = store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN)  # refused before it is allocated
     envelope = read_envelope(data)
     if expected_key_id is not None and envelope.key_id != expected_key_id:
         raise IntegrityError(
@@ -126,6 +192,8 @@ def open_model(
 def serve(settings: MountSettings, notify: Notify) -> None:
     """Mount and serve until unmounted or signalled; ``notify(None)`` once ready."""
     disable_core_dumps()
+    keep_large_buffers()
+    lock_memory(settings.cache_bytes)
     if not settings.mountpoint.is_dir():
         raise MountError(f"mount point {settings.mountpoint} is not a folder")
     if clear_stale_mount(settings.mountpoint):
@@ -169,8 +237,14 @@ def serve(settings: MountSettings, notify: Notify) -> None:
 
 
 def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: bytes) -> ModelReader:
-    """A reader tuned for where the store is: larger runs and more fetches for network stores."""
+    """A reader tuned for where the store is: larger runs and more fetches for network stores.
+
+    From a local folder, reading and opening a run inline on the event loop beats
+    handing it to a worker thread (measured in benchmarks/RESULTS.md): the daemon's one
+    thread is the bottleneck either way, and the hand-off only adds to it.
+    """
     local = isinstance(store, LocalStore)
+    threads = settings.threads if settings.threads is not None else (0 if local else REMOTE_THREADS)
     disk_cache = None
     if settings.disk_cache is not None:
         disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
@@ -180,9 +254,10 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
         key,
         cache_bytes=settings.cache_bytes,
         run_bytes=settings.fetch_bytes or (DEFAULT_RUN_BYTES if local else REMOTE_RUN_BYTES),
-        threads=None if local else REMOTE_THREADS,
+        threads=threads or None,
         prefetch_runs=PREFETCH_RUNS,
         disk_cache=disk_cache,
+        inline=threads == 0,
     )
 
 

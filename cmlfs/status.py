@@ -359,12 +359,14 @@ class StatusReport:
     url: str
     ready: bool
     reason: str  # the /readyz answer
-    metrics: dict[str, float]  # sample name (with labels folded in for histograms) -> value
+    metrics: dict[str, float]  # unlabelled sample name -> value
     latency_buckets: list[tuple[float, float]]  # (upper bound, cumulative count)
 
 
 def fetch_status(url: str, timeout: float = 5.0) -> StatusReport:
     """Ask a daemon's status server for readiness and metrics."""
+    if not url.startswith(("http://", "https://")):
+        raise MountError(f"not a status server URL: {url!r}")
     code, reason = _get(url + "/readyz", timeout)
     _, text = _get(url + "/metrics", timeout)
     metrics: dict[str, float] = {}

@@ -74,7 +74,7 @@ class KbsResource:
 
 
 def parse_kbs_uri(uri: str, settings: KeySettings) -> KbsResource:
-    parts = urlsplit(uri)
+    parts = _split_kbs_uri(uri)
     segments = parts.path.split("/")
     if parts.scheme != "kbs" or not parts.hostname or len(segments) != 4 or segments[0]:
         raise KeySourceError(f"a KBS key URI is kbs://HOST:PORT/REPO/TYPE/TAG, not {uri!r}")
@@ -87,6 +87,14 @@ def parse_kbs_uri(uri: str, settings: KeySettings) -> KbsResource:
     scheme = "http" if settings.insecure_http else "https"
     path = resource_path(*segments[1:], error=KeySourceError)
     return KbsResource(f"{scheme}://{parts.netloc}", path)
+
+
+def _split_kbs_uri(uri: str):
+    """``urlsplit`` with its ValueError (e.g. ``kbs://[x/...``) as a KeySourceError."""
+    try:
+        return urlsplit(uri)
+    except ValueError:
+        raise KeySourceError(f"invalid key broker URI {uri!r}") from None
 
 
 class TeeKeyPair:
@@ -344,8 +352,11 @@ def _parse_challenge(challenge: object) -> tuple[str, str]:
     extra = challenge.get("extra-params")
     if isinstance(extra, dict) and "selected-hash-algorithm" in extra:
         hash_name = extra["selected-hash-algorithm"]
-        if hash_name not in HASH_ALGORITHMS:
-            raise KeySourceError(f"the broker selected an unsupported hash {hash_name!r}")
+        # any JSON value: a list or an object is unhashable, so check the type first
+        if not isinstance(hash_name, str) or hash_name not in HASH_ALGORITHMS:
+            raise KeySourceError(
+                f"the broker selected an unsupported hash {_one_line(repr(hash_name))[:80]}"
+            )
     return nonce, hash_name
 
 
@@ -405,7 +416,7 @@ def set_resource_policy(
     broker_uri: str, policy: bytes, settings: KeySettings, admin_key_pem: Path | None = None
 ) -> None:
     """Replace the broker's resource policy (Rego for Trustee, JSON for dev-kbs)."""
-    parts = urlsplit(broker_uri)
+    parts = _split_kbs_uri(broker_uri)
     if parts.scheme != "kbs" or not parts.hostname or parts.path not in ("", "/"):
         raise KeySourceError(f"a key broker is named kbs://HOST:PORT, not {broker_uri!r}")
     scheme = "http" if settings.insecure_http else "https"

@@ -13,7 +13,10 @@ log = logging.getLogger("cmlfs.keys")
 
 def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySource:
     settings = settings or KeySettings()
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)  # ValueError for a bad IPv6 literal: a store-chosen URI can have one
+    except ValueError:
+        raise KeySourceError(f"invalid key URI {uri!r}") from None
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise KeySourceError(f"a file key URI is file:///absolute/path, not {uri!r}")

@@ -40,6 +40,17 @@ class StoreSettings:
     timeout: float = 30.0  # seconds to connect, and of silence while reading a response
     attempts: int = 4  # tries per request before a read fails with EIO
     registry_auth_file: Path | None = None  # docker/podman auth.json for oci:// stores
+    ca_file: Path | None = None  # CA bundle for the store's TLS certificate; None: system CAs
+
+    def ca_bundle(self) -> str | None:
+        """``verify`` for ``requests`` and boto3: the CA bundle, or None for their default
+        (system CAs, or a bundle their environment names). A missing file is refused here,
+        in one clear line, rather than deep in the TLS library at the first connection."""
+        if self.ca_file is None:
+            return None
+        if not self.ca_file.is_file():
+            raise StoreError(f"CA file {self.ca_file} does not exist")
+        return str(self.ca_file)
 
 
 def check_name(name: str) -> str:

@@ -78,7 +78,7 @@ class DiskCache:
                 os.fsync(f.fileno())
             os.rename(tmp, self.root / key)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             log.warning("event=disk_cache_write_failed reason=%s", exc.strerror)
             return
         with self._lock:
@@ -86,13 +86,13 @@ class DiskCache:
             self._entries[key] = length
             evicted = self._evict()
         for victim in evicted:
-            (self.root / victim).unlink(missing_ok=True)
+            _remove(self.root / victim)
 
     def discard(self, name: str, offset: int, length: int) -> None:
         key = _key(name, offset, length)
         with self._lock:
             self.used -= self._entries.pop(key, 0)
-        (self.root / key).unlink(missing_ok=True)
+        _remove(self.root / key)
 
     def _evict(self) -> list[str]:
         evicted = []
@@ -107,7 +107,7 @@ class DiskCache:
         found = []
         for path in self.root.iterdir():
             if path.name.startswith(_TMP_PREFIX):
-                path.unlink(missing_ok=True)
+                _remove(path)
             elif path.is_file() and not path.is_symlink():
                 st = path.stat()
                 found.append((st.st_mtime_ns, path.name, st.st_size))
@@ -115,7 +115,17 @@ class DiskCache:
             self._entries[key] = size
             self.used += size
         for victim in self._evict():
-            (self.root / victim).unlink(missing_ok=True)
+            _remove(self.root / victim)
+
+
+def _remove(path: Path) -> None:
+    """Delete a cache file if the folder lets us: on a read-only or failing cache folder an
+    unlink fails too (EROFS even for a missing file), and that must cost only the cache,
+    never the read that was being served."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("event=disk_cache_remove_failed reason=%s", exc.strerror)
 
 
 def _key(name: str, offset: int, length: int) -> str:

@@ -12,6 +12,7 @@ Never puts a header value, a query string or a credential in a message or log.
 """
 
 import re
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ POOL_SIZE = 16
 MAX_OBJECT_SIZE = 1 << 50  # refuse absurd sizes a hostile server might announce
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,16})-([0-9]{1,16})/([0-9]{1,16})")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_LENGTH = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,50 @@ class Identity:
     etag: str | None
 
 
+def _is_length(value: str) -> bool:
+    """A Content-Length of ASCII digits only: ``str.isdigit`` also accepts characters such
+    as superscript two (``\xb2``, valid ISO-8859-1 in a header) that ``int`` refuses."""
+    return _LENGTH.fullmatch(value) is not None
+
+
+def tls_error(exc: BaseException) -> StoreError:
+    """A failed TLS handshake, on one line: not retried, since trying again cannot help."""
+    return StoreError(f"TLS handshake failed: {_tls_reason(exc)} (a private CA goes in --store-ca)")
+
+
+def _tls_reason(exc: BaseException | None) -> str:
+    """The certificate check that failed, from the innermost ``ssl`` error in the chain.
+
+    Only the ``ssl`` module's own text is used: outer errors quote the URL, which may
+    carry a query-string credential."""
+    seen: set[int] = set()
+    reason = "untrusted certificate?"
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+            return f"certificate verify failed: {exc.verify_message}"
+        if isinstance(exc, ssl.SSLError) and exc.reason:
+            reason = str(exc.reason).lower().replace("_", " ")
+        inner = exc.__cause__ or exc.__context__
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if inner is None:
+            inner = getattr(exc, "reason", None)
+        exc = inner if isinstance(inner, BaseException) else None
+    return reason
+
+
 def safe_url(url: str) -> str:
     """``url`` without credentials, query or fragment, for messages."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bad IPv6 literal or port
+        return "(an invalid URL)"
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -102,6 +141,7 @@ class HttpTransport:
 
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
+        self.verify = settings.ca_bundle()
         self.retry = RetryPolicy(attempts=settings.attempts)
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
@@ -127,13 +167,11 @@ class HttpTransport:
                 headers=headers,
                 stream=stream,
                 timeout=self.settings.timeout,
+                verify=self.verify,
                 **kwargs,
             )
-        except requests.exceptions.SSLError:
-            raise StoreError(
-                "TLS handshake failed: untrusted certificate? (a private CA goes in "
-                "REQUESTS_CA_BUNDLE)"
-            ) from None
+        except requests.exceptions.SSLError as exc:
+            raise tls_error(exc) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientStoreError(f"{method} failed: {type(exc).__name__}") from None
         except requests.RequestException as exc:
@@ -146,7 +184,7 @@ class HttpTransport:
     def read_body(self, response: requests.Response, limit: int) -> bytes:
         """The whole body of a streamed response, refused beyond ``limit`` bytes."""
         announced = response.headers.get("Content-Length")
-        if announced is not None and (not announced.isdigit() or int(announced) > limit):
+        if announced is not None and (not _is_length(announced) or int(announced) > limit):
             response.close()
             raise StoreError(f"the server announced a body larger than {limit} bytes")
         body = bytearray()
@@ -235,7 +273,11 @@ class HttpStore:
     """A read-only store at an ``http(s)://`` base URL."""
 
     def __init__(self, base_url: str, settings: StoreSettings) -> None:
-        parts = urlsplit(base_url)
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise StoreError(f"not an http(s) store URL: {safe_url(base_url)}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise StoreError(f"not an http(s) store URL: {safe_url(base_url)}")
         if parts.username or parts.password:
@@ -310,6 +352,6 @@ class HttpStore:
 def identity_from(response: requests.Response) -> Identity:
     """Size and ETag from a HEAD answer, refusing a missing or absurd length."""
     length = response.headers.get("Content-Length", "")
-    if not length.isdigit() or int(length) > MAX_OBJECT_SIZE:
+    if not _is_length(length) or int(length) > MAX_OBJECT_SIZE:
         raise StoreError("the server gave no valid Content-Length")
     return Identity(int(length), response.headers.get("ETag"))

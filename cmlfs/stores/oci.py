@@ -427,9 +427,23 @@ class OciStore:
                 return operation(self._auth_headers())
             except Unauthorized as exc:
                 self._login(exc.challenge)
+            try:
                 return operation(self._auth_headers())
+            except Unauthorized:
+                raise self._refused() from None
 
         return self._transport.retry.call(what, attempt)
+
+    def _refused(self) -> StoreError:
+        """Still 401 after a fresh login: these credentials (or none) lack the access asked."""
+        if load_credentials(self._settings.registry_auth_file, self.ref.registry):
+            who = "for these credentials"
+        else:
+            who = "without credentials (registry auth file)"
+        return StoreError(
+            f"{self.ref.registry} refused {self._actions} access to {self.ref.repository} "
+            f"{who} (HTTP 401)"
+        )
 
     def _auth_headers(self) -> dict[str, str]:
         auth = self._auth
@@ -452,7 +466,10 @@ class OciStore:
     def _fetch_token(self, params: dict[str, str], credentials: tuple[str, str] | None) -> str:
         """A bearer token from the challenge's realm for this repository (and push if pushing)."""
         realm = params.get("realm", "")
-        parts = urlsplit(realm)
+        try:
+            parts = urlsplit(realm)  # the registry chose it: "https://[x" raises ValueError
+        except ValueError:
+            raise StoreError("the registry's token realm is not a URL") from None
         if parts.scheme != "https" and not (
             parts.scheme == "http" and self._settings.insecure_http
         ):
@@ -467,16 +484,23 @@ class OciStore:
         if response.status_code != 200:
             response.close()
             raise StoreError(f"{safe_url(realm)} refused a token (HTTP {response.status_code})")
-        try:
-            answer = json.loads(self._transport.read_body(response, MAX_TOKEN_ANSWER))
-        except ValueError:
-            raise StoreError("the token service answered with invalid JSON") from None
-        token = (
-            answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
-        )
-        if not isinstance(token, str) or not token or not token.isprintable():
-            raise StoreError("the token service answered without a token")
-        return token
+        return parse_token_answer(self._transport.read_body(response, MAX_TOKEN_ANSWER))
+
+
+def parse_token_answer(body: bytes) -> str:
+    """The bearer token in a token service's JSON answer (``token`` or ``access_token``).
+
+    Hostile input: deeply nested JSON raises RecursionError in ``json``, so it is
+    refused like any other invalid answer instead of escaping as a traceback.
+    """
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        raise StoreError("the token service answered with invalid JSON") from None
+    token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token or not token.isprintable():
+        raise StoreError("the token service answered without a token")
+    return token
 
 
 def _basic(user: str, password: str) -> str:

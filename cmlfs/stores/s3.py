@@ -21,7 +21,7 @@ from cmlfs.stores.base import (
     StoreSettings,
     check_name,
 )
-from cmlfs.stores.http import POOL_SIZE, Identity, parse_content_range
+from cmlfs.stores.http import POOL_SIZE, Identity, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
@@ -57,7 +57,9 @@ class S3Store:
             retries={"total_max_attempts": 1},
             max_pool_connections=POOL_SIZE,
         )
-        self._client = boto3.session.Session().client("s3", config=config)
+        self._client = boto3.session.Session().client(
+            "s3", config=config, verify=settings.ca_bundle()
+        )
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
         )
@@ -181,6 +183,7 @@ class S3Store:
             IncompleteReadError,
             NoCredentialsError,
             ResponseStreamingError,
+            SSLError,
         )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -199,6 +202,8 @@ class S3Store:
             raise StoreError(f"S3 refused the request: {status} {code}") from None
         except NoCredentialsError:
             raise StoreError("no AWS credentials found (AWS_ACCESS_KEY_ID, AWS_PROFILE)") from None
+        except SSLError as exc:
+            raise tls_error(exc) from None
         except (
             BotoConnectionError,
             HTTPClientError,

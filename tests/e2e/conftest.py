@@ -9,8 +9,11 @@ from tests.e2e.kbs_servers import (  # noqa: F401 - fixtures
 from tests.e2e.stores_servers import (  # noqa: F401 - fixtures
     fault_proxy,
     nginx,
+    nginx_tls,
     proxy,
     registry,
     s3_server,
+    s3_tls_server,
     secure_registry,
+    token_registry,
 )

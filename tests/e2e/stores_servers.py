@@ -2,8 +2,9 @@
 
 nginx (Debian ``nginx-light``) serves a folder with Range support; the
 fault proxy sits in front of it; Debian's ``docker-registry`` (distribution)
-runs once anonymous over plain HTTP and once with htpasswd basic auth over TLS
-(a CA and server certificate made here with ``cryptography``); ``moto`` in
+runs anonymous over plain HTTP, with htpasswd basic auth over TLS (a CA and
+server certificate made here with ``cryptography``), and with bearer-token
+auth over TLS from tests/oci_token_server.py; ``moto`` in
 server mode is the S3-compatible object store. Each server gets its own temp
 config and is stopped at the end of the session.
 """
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.faultproxy import FaultProxy
+from tests.oci_token_server import TokenServer
 
 REGISTRY_USER = "pusher"
 REGISTRY_PASSWORD = "s3cret-registry-password"
+TOKEN_READER = "reader"
+TOKEN_READER_PASSWORD = "s3cret-reader-password"
+TOKEN_ACL = {
+    REGISTRY_USER: {
+        "tokens/model": frozenset({"pull", "push"}),
+        "tokens/other": frozenset({"pull", "push"}),
+    },
+    TOKEN_READER: {"tokens/other": frozenset({"pull"})},
+}
 S3_BUCKET = "models"
 
 
@@ -102,13 +113,16 @@ def need(binary: str, package: str) -> str:
 class Nginx:
     root: Path  # served folder
     port: int
+    ca_file: Path | None = None  # set when it serves HTTPS: the CA that signs its certificate
 
     def url(self, sub: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{sub}"
+        scheme = "https" if self.ca_file else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/{sub}"
 
 
-def start_nginx(base: Path) -> tuple[Server, Nginx]:
-    """nginx from apt serving ``base/www`` on a free loopback port (Range requests included)."""
+def start_nginx(base: Path, tls: tuple[Path, Path, Path] | None = None) -> tuple[Server, Nginx]:
+    """nginx from apt serving ``base/www`` on a free loopback port (Range requests included);
+    over HTTPS with ``tls`` = (CA, certificate, key) as ``make_tls`` gives."""
     binary = need("nginx", "nginx-light")
     root = base / "www"
     root.mkdir()
@@ -117,6 +131,7 @@ def start_nginx(base: Path) -> tuple[Server, Nginx]:
     temp = " ".join(
         f"{kind}_temp_path {base}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
     )
+    ssl = f"ssl; ssl_certificate {tls[1]}; ssl_certificate_key {tls[2]}" if tls else ""
     (base / "nginx.conf").write_text(
         f"""{user}
 worker_processes 1;
@@ -129,7 +144,7 @@ http {{
   {temp}
   uwsgi_temp_path {base}/uwsgi; scgi_temp_path {base}/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port} {ssl};
     root {root};
     location / {{ }}
   }}
@@ -141,12 +156,23 @@ http {{
         port,
         base / "server.log",
     )
-    return server, Nginx(root, port)
+    return server, Nginx(root, port, tls[0] if tls else None)
 
 
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory) -> Iterator[Nginx]:
     server, served = start_nginx(tmp_path_factory.mktemp("nginx"))
+    try:
+        yield served
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_tls(tmp_path_factory) -> Iterator[Nginx]:
+    """nginx over HTTPS with a certificate from its own CA (``ca_file``)."""
+    base = tmp_path_factory.mktemp("nginx-tls")
+    server, served = start_nginx(base, make_tls(base))
     try:
         yield served
     finally:
@@ -247,7 +273,11 @@ def make_tls(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def start_registry(base: Path, tls_auth: bool) -> tuple[Server, Registry]:
+def start_registry(
+    base: Path, tls: tuple[Path, Path] | None = None, auth: Sequence[str] = ()
+) -> tuple[Server, Registry]:
+    """docker-registry on a free port; ``tls``: (certificate, key) to serve HTTPS; ``auth``:
+    the ``auth:`` section of its config (none: anonymous)."""
     binary = need("docker-registry", "docker-registry")
     port = free_port()
     storage = base / "storage"
@@ -263,40 +293,24 @@ def start_registry(base: Path, tls_auth: bool) -> tuple[Server, Registry]:
         "http:",
         f"  addr: 127.0.0.1:{port}",
     ]
-    registry = Registry(f"127.0.0.1:{port}", storage)
-    if tls_auth:
-        ca, cert, key = make_tls(base)
-        htpasswd = subprocess.run(
-            [need("htpasswd", "apache2-utils"), "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        (base / "htpasswd").write_text(htpasswd)
-        config += [
-            "  tls:",
-            f"    certificate: {cert}",
-            f"    key: {key}",
-            "auth:",
-            "  htpasswd:",
-            "    realm: cmlfs-test",
-            f"    path: {base / 'htpasswd'}",
-        ]
-        registry.ca_file = ca
-        registry.auth_file = base / "auth.json"
-        token = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode())
-        registry.auth_file.write_text(
-            json.dumps({"auths": {registry.host: {"auth": token.decode()}}})
-        )
-    (base / "config.yml").write_text("\n".join(config) + "\n")
+    if tls is not None:
+        config += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+    (base / "config.yml").write_text("\n".join([*config, *auth]) + "\n")
     server = start([binary, "serve", str(base / "config.yml")], port, base / "registry.log")
-    return server, registry
+    return server, Registry(f"127.0.0.1:{port}", storage)
+
+
+def write_auth_file(path: Path, registry: str, user: str, password: str) -> Path:
+    """A docker/podman auth.json holding ``user``'s credentials for ``registry``."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {registry: {"auth": token}}}))
+    return path
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Iterator[Registry]:
     """An anonymous plain-HTTP registry."""
-    server, registry = start_registry(tmp_path_factory.mktemp("registry"), tls_auth=False)
+    server, registry = start_registry(tmp_path_factory.mktemp("registry"))
     try:
         yield registry
     finally:
@@ -306,11 +320,60 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def secure_registry(tmp_path_factory) -> Iterator[Registry]:
     """A registry with TLS (its own CA) and htpasswd basic auth."""
-    server, registry = start_registry(tmp_path_factory.mktemp("registry-tls"), tls_auth=True)
+    base = tmp_path_factory.mktemp("registry-tls")
+    ca, cert, key = make_tls(base)
+    htpasswd = subprocess.run(
+        [need("htpasswd", "apache2-utils"), "-Bbn", REGISTRY_USER, REGISTRY_PASSWORD],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (base / "htpasswd").write_text(htpasswd)
+    auth = ["auth:", "  htpasswd:", "    realm: cmlfs-test", f"    path: {base / 'htpasswd'}"]
+    server, registry = start_registry(base, (cert, key), auth)
+    registry.ca_file = ca
+    registry.auth_file = write_auth_file(
+        base / "auth.json", registry.host, REGISTRY_USER, REGISTRY_PASSWORD
+    )
     try:
         yield registry
     finally:
         server.stop()
+
+
+@dataclass
+class TokenRegistry:
+    registry: Registry  # TLS; ca_file signs both it and the token service
+    tokens: TokenServer
+
+    def auth_file(self, folder: Path, user: str, password: str) -> Path:
+        return write_auth_file(folder / f"{user}.json", self.registry.host, user, password)
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory) -> Iterator[TokenRegistry]:
+    """A TLS registry with ``auth: token:`` trusting a token service of tests/ (also TLS).
+
+    ``pusher`` may pull and push ``tokens/*`` repositories listed in ``TOKEN_ACL``;
+    ``reader`` may only pull ``tokens/other``; anonymous clients get no access."""
+    base = tmp_path_factory.mktemp("registry-token")
+    ca, cert, key = make_tls(base)
+    tokens = TokenServer(
+        base,
+        service="cmlfs-test-registry",
+        passwords={REGISTRY_USER: REGISTRY_PASSWORD, TOKEN_READER: TOKEN_READER_PASSWORD},
+        acl=TOKEN_ACL,
+        tls=(cert, key),
+    )
+    try:
+        server, registry = start_registry(base, (cert, key), tokens.registry_auth_config())
+        registry.ca_file = ca
+        try:
+            yield TokenRegistry(registry, tokens)
+        finally:
+            server.stop()
+    finally:
+        tokens.close()
 
 
 # --- moto (S3) ------------------------------------------------------------------------------
@@ -320,6 +383,7 @@ def secure_registry(tmp_path_factory) -> Iterator[Registry]:
 class S3Server:
     endpoint: str
     env: dict[str, str]  # environment for the CLI: endpoint, region, credentials
+    ca_file: Path | None = None  # set when it serves HTTPS: the CA that signs its certificate
 
     def client(self):
         import boto3
@@ -328,19 +392,31 @@ class S3Server:
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
             region_name=self.env["AWS_DEFAULT_REGION"],
-        ).client("s3", endpoint_url=self.endpoint)
+        ).client(
+            "s3", endpoint_url=self.endpoint, verify=str(self.ca_file) if self.ca_file else None
+        )
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
-    base = tmp_path_factory.mktemp("moto")
+    yield from run_moto(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture(scope="session")
+def s3_tls_server(tmp_path_factory) -> Iterator[S3Server]:
+    """moto over HTTPS with a certificate from its own CA (``ca_file``)."""
+    base = tmp_path_factory.mktemp("moto-tls")
+    yield from run_moto(base, make_tls(base))
+
+
+def run_moto(base: Path, tls: tuple[Path, Path, Path] | None = None) -> Iterator[S3Server]:
+    """moto in server mode with bucket ``S3_BUCKET``, until the generator is closed."""
     port = free_port()
-    server = start(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        port,
-        base / "moto.log",
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if tls:
+        command += ["--ssl-cert", str(tls[1]), "--ssl-key", str(tls[2])]
+    server = start(command, port, base / "moto.log")
+    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": endpoint,
@@ -350,7 +426,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         "AWS_CONFIG_FILE": str(base / "no-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(base / "no-credentials"),
     }
-    s3 = S3Server(endpoint, env)
+    s3 = S3Server(endpoint, env, tls[0] if tls else None)
     try:
         s3.client().create_bucket(Bucket=S3_BUCKET)
         yield s3
