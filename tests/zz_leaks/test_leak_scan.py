@@ -72,7 +72,14 @@ def test_no_plaintext_window_or_test_key_outside_source_folders(tmp_path_factory
     # folders (pytest keeps three) were scanned by their own runs.
     earlier = frozenset(p for p in basetemp.parent.iterdir() if p.name.startswith("pytest-"))
     system = scan(SYSTEM_ROOTS, index, keys, earlier | {basetemp}, process_start_time())
-    for field in ("files", "bytes", "source_copies", "plaintext_hits", "key_hits"):
+    for field in (
+        "files",
+        "bytes",
+        "source_copies",
+        "skipped_for_keys",
+        "plaintext_hits",
+        "key_hits",
+    ):
         setattr(report, field, getattr(report, field) + getattr(system, field))
     print(
         f"leak scan: {report.files} files, {report.bytes / 2**20:.0f} MiB, "
