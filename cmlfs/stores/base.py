@@ -94,3 +94,11 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_whole(store: "Store", name: str, limit: int) -> bytes:
+    """The whole object ``name``, refused before reading when larger than ``limit``."""
+    size = store.size(name)
+    if size > limit:
+        raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
+    return store.read_range(name, 0, size)

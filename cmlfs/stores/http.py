@@ -30,6 +30,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    read_whole,
 )
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
@@ -312,10 +313,7 @@ class HttpStore:
         )
 
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        size = self.size(name)
-        if size > limit:
-            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
-        return self.read_range(name, 0, size)
+        return read_whole(self, name, limit)
 
     def list(self) -> list[str]:
         raise ListingUnsupported(f"{self.describe()}: an HTTP store cannot list its objects")

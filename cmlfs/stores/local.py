@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from cmlfs.errors import StoreError
-from cmlfs.stores.base import MAX_WHOLE_READ, ObjectMissing, Progress, check_name
+from cmlfs.stores.base import MAX_WHOLE_READ, ObjectMissing, Progress, check_name, read_whole
 
 
 class LocalStore:
@@ -35,10 +35,7 @@ class LocalStore:
         return data
 
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        size = self.size(name)
-        if size > limit:
-            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
-        return self.read_range(name, 0, size)
+        return read_whole(self, name, limit)
 
     def list(self) -> list[str]:
         names = []

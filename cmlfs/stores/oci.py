@@ -35,6 +35,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    read_whole,
 )
 from cmlfs.stores.http import (
     MAX_OBJECT_SIZE,
@@ -264,10 +265,7 @@ class OciStore:
         )
 
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        size = self.size(name)
-        if size > limit:
-            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
-        data = self.read_range(name, 0, size)
+        data = read_whole(self, name, limit)
         if "sha256:" + hashlib.sha256(data).hexdigest() != self._descriptor(name).digest:
             raise StoreError(f"{name}: the registry returned bytes that do not match the digest")
         return data

@@ -20,6 +20,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    read_whole,
 )
 from cmlfs.stores.http import POOL_SIZE, Identity, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
@@ -82,10 +83,7 @@ class S3Store:
         return self._retry.call(name, lambda: self._get(name, offset, length, identity))
 
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        size = self.size(name)
-        if size > limit:
-            raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
-        return self.read_range(name, 0, size)
+        return read_whole(self, name, limit)
 
     def list(self) -> list[str]:
         def collect() -> list[str]:
