@@ -597,7 +597,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         type=_size,
         default=DEFAULT_CACHE_BYTES,
         metavar="SIZE",
-        help="decrypted chunk cache budget (default 256M)",
+        help="decrypted chunk cache budget (default 64M)",
     )
     p.add_argument(
         "--fetch-size",

@@ -79,9 +79,12 @@ class BlobHeader:
         return cls(Algorithm.from_id(alg), layout, salt, commitment)
 
 
+_AD_TAIL = struct.Struct(">Q?")
+
+
 def chunk_associated_data(header_digest: bytes, index: int, last: bool) -> bytes:
     """AD of one record: header digest || u64 chunk index || u8 last-chunk flag."""
-    return header_digest + struct.pack(">QB", index, 1 if last else 0)
+    return header_digest + _AD_TAIL.pack(index, last)
 
 
 class BlobSealer:
@@ -137,22 +140,24 @@ class BlobOpener:
         place. A record that fails leaves its part of the buffer zeroed and is
         listed in ``failures``, so that its intact neighbours stay usable.
         """
-        offset, length = self.layout.records_span(first, last)
+        layout = self.layout
+        _, length = layout.records_span(first, last)
         if len(data) != length:
             raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
-        base = self.layout.chunk_offset(first)
-        end = self.layout.chunk_offset(last) + self.layout.chunk_len(last)
-        plaintext = bytearray(end - base)
+        # Every chunk but the file's last is full: plain strides, no per-chunk lookups.
+        size, stride, final = layout.chunk_size, layout.record_stride, layout.n_chunks - 1
+        plaintext = bytearray(layout.chunk_offset(last) + layout.chunk_len(last) - first * size)
         out = memoryview(plaintext)
         records = memoryview(data)
+        open_into, digest = self._cipher.open_into, self._header_digest
         failures: dict[int, IntegrityError] = {}
-        for index in range(first, last + 1):
-            start = self.layout.record_offset(index) - offset
-            record = records[start : start + self.layout.record_len(index)]
-            at = self.layout.chunk_offset(index) - base
-            ad = chunk_associated_data(self._header_digest, index, self.layout.is_last(index))
+        for position, index in enumerate(range(first, last + 1)):
+            at, start = position * size, position * stride
+            is_last = index == final
+            record = records[start:] if is_last else records[start : start + stride]
+            target = out[at:] if is_last else out[at : at + size]
             try:
-                self._cipher.open_into(record, ad, out[at : at + self.layout.chunk_len(index)])
+                open_into(record, digest + _AD_TAIL.pack(index, is_last), target)
             except IntegrityError:
                 failures[index] = IntegrityError(f"chunk {index}: authentication failed")
         return OpenedSpan(first, plaintext, failures)

@@ -1,11 +1,16 @@
-"""ChunkCache (byte budget, LRU) and SingleFlight (one computation per key).
+"""ChunkCache (byte budget, LRU over spans of chunks) and SingleFlight (one computation per key).
 
-The cache holds authenticated plaintext only: the reader inserts a chunk after
-it opened successfully, never before.
+The cache holds authenticated plaintext only: the reader inserts a span after
+every chunk of it opened successfully, never before. A span is the plaintext of
+consecutive chunks of one file as one fetch produced them; every chunk maps to
+the span that holds it, so a read finds its bytes with one lookup per span and
+can answer with a view of one buffer. Spans never overlap: the reader fetches
+only chunks that are neither cached nor in flight.
 """
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import trio
@@ -13,8 +18,22 @@ import trio
 T = TypeVar("T")
 
 
+@dataclass(eq=False)
+class Span:
+    """Plaintext of chunks ``first`` up to ``end`` (exclusive) of file ``file``.
+
+    ``offset`` is the plaintext offset of chunk ``first`` in the file.
+    """
+
+    file: int
+    first: int
+    end: int
+    offset: int
+    plaintext: bytearray
+
+
 class ChunkCache:
-    """A least-recently-used map of chunk plaintexts whose total size stays within a budget."""
+    """Least-recently-used spans of chunk plaintexts whose total size stays within a budget."""
 
     def __init__(self, budget: int) -> None:
         if budget < 0:
@@ -24,36 +43,50 @@ class ChunkCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._spans: OrderedDict[Span, None] = OrderedDict()
+        self._chunks: dict[tuple[int, int], Span] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The number of spans held."""
+        return len(self._spans)
 
-    def __contains__(self, key: Hashable) -> bool:
-        """Whether ``key`` is cached, without counting a hit or a miss or reordering."""
-        return key in self._entries
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        """Whether chunk ``(file, chunk)`` is cached, without counting or reordering."""
+        return key in self._chunks
 
-    def get(self, key: Hashable) -> bytes | None:
-        value = self._entries.get(key)
-        if value is None:
+    def find(self, file: int, chunk: int) -> Span | None:
+        """The span holding ``chunk`` of ``file`` (now the most recently used), or None."""
+        span = self._chunks.get((file, chunk))
+        if span is None:
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
+        self._spans.move_to_end(span)
         self.hits += 1
-        return value
+        return span
 
-    def put(self, key: Hashable, value: bytes) -> None:
-        if len(value) > self.budget:
+    def put(self, span: Span) -> None:
+        """Hold ``span``, evicting the least recently used spans beyond the budget."""
+        size = len(span.plaintext)
+        if size > self.budget:
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.used -= len(old)
-        self._entries[key] = value
-        self.used += len(value)
+        for chunk in range(span.first, span.end):
+            old = self._chunks.get((span.file, chunk))
+            if old is not None:
+                self._forget(old)
+        for chunk in range(span.first, span.end):
+            self._chunks[(span.file, chunk)] = span
+        self._spans[span] = None
+        self.used += size
         while self.used > self.budget:
-            _, evicted = self._entries.popitem(last=False)
-            self.used -= len(evicted)
+            oldest = next(iter(self._spans))
+            self._forget(oldest)
             self.evictions += 1
+
+    def _forget(self, span: Span) -> None:
+        del self._spans[span]
+        self.used -= len(span.plaintext)
+        for chunk in range(span.first, span.end):
+            del self._chunks[(span.file, chunk)]
 
 
 class _Call(Generic[T]):

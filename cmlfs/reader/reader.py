@@ -1,17 +1,20 @@
 """ModelReader: plaintext reads of a model's files over a store, a chunk cache and worker threads.
 
-A read maps to chunk indices; missing chunks are fetched as aligned runs (one
-store request per run) and opened straight into one plaintext buffer per run,
-which is cached whole once every chunk of it authenticated; a read that lies
-within one run is answered with a view of that buffer, without a copy.
-Concurrent misses on one run share a single fetch and decryption. Fetching
-and opening run in worker threads, or inline on the event loop for a local
-store, where a thread hand-off costs more than it saves. A reader
-that continues where its last read ended triggers background fetches of the
-next runs (prefetch). An optional disk cache keeps ciphertext spans, committed
-only after they authenticated. The reader
-never returns a byte that failed authentication: such reads raise
-IntegrityError, which the FUSE layer turns into EIO.
+A read maps to chunk indices. The chunks it finds in the cache are served from
+there; the missing ones are claimed and fetched as one contiguous span (one
+store request, one buffer the records are opened straight into), so a random
+read costs exactly its chunks and a sequential 1 MiB read one span, never a
+chunk twice. Remote stores round a fetch out to an aligned run (``run_bytes``)
+to amortize latency. A reader that wants a chunk already in flight waits for
+that fetch (single flight per chunk). A read that lies within one span is
+answered with a read-only view of its buffer, without a copy. Fetching and
+opening run in worker threads, or inline on the event loop for a local store,
+where a thread hand-off costs more than it saves. Sequential reads start
+background fetches of the next runs, more of them while the reader stays
+sequential (prefetch). An optional disk cache keeps ciphertext spans,
+committed only after they authenticated. The reader never returns a byte that
+failed authentication: such reads raise IntegrityError, which the FUSE layer
+turns into EIO.
 """
 
 import bisect
@@ -28,13 +31,13 @@ from cmlfs.errors import CmlfsError, IntegrityError, StoreError
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
-from cmlfs.reader.cache import ChunkCache, SingleFlight
+from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.stores.base import Store
 from cmlfs.stores.diskcache import DiskCache
 
 log = logging.getLogger("cmlfs.reader")
 
-DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-read
 DEFAULT_RUN_BYTES = 256 * 1024  # four 64 KiB chunks: random reads decrypt little extra
 
 
@@ -76,6 +79,23 @@ class ReaderStats:
     read_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
+class _Flight:
+    """One fetch of chunks ``first..last`` of a file in progress.
+
+    Readers of any of its chunks wait for it instead of fetching again (single
+    flight per chunk). When it is done, ``span`` holds the opened plaintext
+    (failed chunks zeroed and listed in ``failures``) or ``error`` says why the
+    fetch failed; both None means the leader was cancelled.
+    """
+
+    def __init__(self, file: int, first: int, last: int) -> None:
+        self.file, self.first, self.last = file, first, last
+        self.done = trio.Event()
+        self.span: Span | None = None
+        self.failures: dict[int, IntegrityError] = {}
+        self.error: Exception | None = None
+
+
 class ModelReader:
     """Random-access plaintext reads of the files of one opened manifest."""
 
@@ -100,13 +120,15 @@ class ModelReader:
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
         self._openers: dict[int, BlobOpener] = {}
         self._opening: SingleFlight[BlobOpener] = SingleFlight()
-        self._fetching: SingleFlight[OpenedSpan] = SingleFlight()
+        self._flights: dict[tuple[int, int], _Flight] = {}
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
         self._inline = inline
-        # Prefetch only what the cache can hold next to the runs being read.
-        room = cache_bytes // max(run_bytes, manifest.chunk_size) - 2
-        self._prefetch_runs = max(0, min(prefetch_runs, room))
+        # Prefetch overlaps store latency with reading, which inline work cannot; and only
+        # as far as the cache can hold next to the runs being read.
+        room = cache_bytes // (2 * self._run_chunks * manifest.chunk_size)
+        self._max_ahead = 0 if inline else max(0, min(prefetch_runs, room))
+        self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
 
     async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
@@ -116,35 +138,20 @@ class ModelReader:
         """
         started = time.perf_counter()
         layout = self._layouts[index]
-        chunks = layout.chunks_for_range(offset, size)
-        if not chunks:
-            return b""
-        runs = range(chunks[0] // self._run_chunks, chunks[-1] // self._run_chunks + 1)
-        if self._prefetch_runs and self._next_offset.get(index) == offset:
-            self._prefetch(index, runs[-1])
-        self._next_offset[index] = offset + size
-        found: dict[int, OpenedSpan] = {}
-        missing: list[int] = []
-        for run in runs:
-            plaintext = self.cache.get((index, run))
-            if plaintext is None:
-                missing.append(run)
-            else:
-                found[run] = OpenedSpan(run * self._run_chunks, plaintext, {})
-        if missing:
-            await self._collect_runs(index, missing, found)
         end = min(offset + size, layout.plaintext_size)
+        if offset >= end:
+            return b""
+        first, last = offset // layout.chunk_size, (end - 1) // layout.chunk_size
+        if self._max_ahead:
+            self._prefetch(index, offset, end, last)
         pieces = []
-        for run in runs:
-            span = found[run]
-            for chunk, error in span.failures.items():
-                if chunk in chunks:
-                    self.stats.integrity_failures += 1
-                    raise error
-            base = layout.chunk_offset(span.first)
-            view = memoryview(span.plaintext).toreadonly()
-            pieces.append(view[max(offset - base, 0) : end - base])
-        result = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        chunk = first
+        while chunk <= last:
+            span = self.cache.find(index, chunk) or await self._fetched(index, chunk, last)
+            view = memoryview(span.plaintext)
+            pieces.append(view[max(offset - span.offset, 0) : end - span.offset])
+            chunk = span.end
+        result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
         self.stats.bytes_read += len(result)
         self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
@@ -153,56 +160,103 @@ class ModelReader:
         """Check file ``index``'s blob header and size against the manifest (no chunk read)."""
         await self._opener(index)
 
-    def _prefetch(self, index: int, run: int) -> None:
-        """Start background fetches of the runs after ``run`` that are neither cached nor
-        in flight; they fill the cache through the same single flight as demand reads."""
-        n_runs = -(-self._layouts[index].n_chunks // self._run_chunks)
-        for ahead in range(run + 1, min(run + 1 + self._prefetch_runs, n_runs)):
-            key = (index, ahead)
-            if key not in self.cache and not self._fetching.busy(key):
-                trio.lowlevel.spawn_system_task(self._prefetch_run, index, ahead)
+    async def _fetched(self, index: int, chunk: int, last: int) -> Span:
+        """The span holding ``chunk``, fetched (with the missing chunks after it, up to
+        ``last`` or the end of its run) or awaited from the fetch already in flight."""
+        while True:
+            flight = self._flights.get((index, chunk))
+            if flight is None:
+                flight = self._launch(index, chunk, last)
+                await self._fly(flight)
+            else:
+                await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.span is not None:
+                for failed in sorted(flight.failures):
+                    if chunk <= failed <= last:
+                        self.stats.integrity_failures += 1
+                        raise flight.failures[failed]
+                return flight.span
+            # The leader was cancelled: nothing to share, so this reader fetches.
 
-    async def _prefetch_run(self, index: int, run: int) -> None:
+    def _launch(self, index: int, chunk: int, last: int) -> _Flight:
+        """Claim the chunks around ``chunk`` that are neither cached nor in flight: back to
+        the start of its run, forward to ``last`` or the end of its run, whichever is
+        further; with one-chunk runs exactly the missing chunks of the request."""
+        run = self._run_chunks
+        free = self._free
+        first = chunk
+        run_start = chunk - chunk % run
+        while first > run_start and free(index, first - 1):
+            first -= 1
+        stop = min(max(last, run_start + run - 1), self._layouts[index].n_chunks - 1)
+        end = chunk
+        while end < stop and free(index, end + 1):
+            end += 1
+        flight = _Flight(index, first, end)
+        for claimed in range(first, end + 1):
+            self._flights[(index, claimed)] = flight
+        return flight
+
+    def _free(self, index: int, chunk: int) -> bool:
+        key = (index, chunk)
+        return key not in self.cache and key not in self._flights
+
+    async def _fly(self, flight: _Flight) -> None:
+        """Fetch and open ``flight``'s chunks; the outcome is left on the flight for all
+        its readers. Only cancellation propagates."""
         try:
-            opener = await self._opener(index)
-            first = run * self._run_chunks
-            await self._fetching.run((index, run), lambda: self._fetch_run(index, opener, first))
-        except Exception as exc:  # a system task must not fail; a demand read reports it
-            log.debug("event=prefetch_failed file=%d run=%d reason=%s", index, run, exc)
+            opener = await self._opener(flight.file)
+            opened = await self._run_blocking(
+                self._fetch_and_open,
+                self.manifest.files[flight.file],
+                opener,
+                flight.first,
+                flight.last,
+            )
+            layout = self._layouts[flight.file]
+            span = Span(
+                flight.file,
+                flight.first,
+                flight.last + 1,
+                layout.chunk_offset(flight.first),
+                opened.plaintext,
+            )
+            self.stats.store_requests += 1
+            good = flight.last + 1 - flight.first - len(opened.failures)
+            self.stats.chunks_decrypted += good
+            self.stats.bytes_decrypted += len(span.plaintext) - sum(
+                layout.chunk_len(c) for c in opened.failures
+            )
+            if not opened.failures:
+                self.cache.put(span)
+            flight.failures = opened.failures
+            flight.span = span
+        except Exception as exc:
+            flight.error = exc
+        finally:
+            for claimed in range(flight.first, flight.last + 1):
+                del self._flights[(flight.file, claimed)]
+            flight.done.set()
 
-    async def _collect_runs(
-        self, index: int, runs: list[int], found: dict[int, OpenedSpan]
-    ) -> None:
-        opener = await self._opener(index)
-        if len(runs) == 1:
-            await self._collect_run(index, opener, runs[0], found)
+    def _prefetch(self, index: int, offset: int, end: int, last: int) -> None:
+        """Fetch the runs after a sequential read in the background; the number of runs
+        ahead doubles with each sequential read up to the maximum, and a read elsewhere
+        stops prefetching for the file until reads are sequential again."""
+        sequential = self._next_offset.get(index) == offset
+        self._next_offset[index] = end
+        if not sequential:
+            self._ahead[index] = 0
             return
-        try:
-            async with trio.open_nursery() as nursery:
-                for run in runs:
-                    nursery.start_soon(self._collect_run, index, opener, run, found)
-        except ExceptionGroup as group:
-            raise _first_leaf(group) from None
-
-    async def _collect_run(
-        self, index: int, opener: BlobOpener, run: int, found: dict[int, OpenedSpan]
-    ) -> None:
-        found[run] = await self._fetching.run(
-            (index, run), lambda: self._fetch_run(index, opener, run * self._run_chunks)
-        )
-
-    async def _fetch_run(self, index: int, opener: BlobOpener, first: int) -> OpenedSpan:
-        layout = self._layouts[index]
-        last = min(first + self._run_chunks, layout.n_chunks) - 1
-        entry = self.manifest.files[index]
-        self.stats.store_requests += 1
-        span = await self._run_blocking(self._fetch_and_open, entry, opener, first, last)
-        if not span.failures:
-            self.cache.put((index, first // self._run_chunks), span.plaintext)
-        opened = [c for c in range(first, last + 1) if c not in span.failures]
-        self.stats.chunks_decrypted += len(opened)
-        self.stats.bytes_decrypted += sum(layout.chunk_len(c) for c in opened)
-        return span
+        ahead = self._ahead[index] = min(max(1, 2 * self._ahead.get(index, 0)), self._max_ahead)
+        run = self._run_chunks
+        n_chunks = self._layouts[index].n_chunks
+        for start in range(
+            (last // run + 1) * run, min((last // run + 1 + ahead) * run, n_chunks), run
+        ):
+            if self._free(index, start):
+                trio.lowlevel.spawn_system_task(self._fly, self._launch(index, start, start))
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int
@@ -283,9 +337,3 @@ def _open_all(opener: BlobOpener, first: int, last: int, data: bytes) -> OpenedS
     except IntegrityError:
         return None
     return None if span.failures else span
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The first error of a nursery's group, so callers see one typed error, not a group."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

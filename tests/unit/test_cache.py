@@ -3,34 +3,51 @@
 import pytest
 import trio
 
-from cmlfs.reader.cache import ChunkCache, SingleFlight
+from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 
 
-def test_cache_keeps_within_budget_and_evicts_least_recently_used():
-    cache = ChunkCache(budget=300)
-    for key in "abc":
-        cache.put(key, bytes(100))
-    assert cache.get("a") is not None  # "a" becomes the most recent
-    cache.put("d", bytes(100))
-    assert cache.used == 300
-    assert cache.get("b") is None
-    assert [k for k in "acd" if cache.get(k) is not None] == ["a", "c", "d"]
+def span(first: int, end: int, file: int = 0, chunk: int = 100) -> Span:
+    return Span(file, first, end, first * chunk, bytearray(chunk * (end - first)))
+
+
+def test_cache_keeps_within_budget_and_evicts_least_recently_used_spans():
+    cache = ChunkCache(budget=600)
+    a, b, c = span(0, 2), span(2, 4), span(10, 12)
+    for s in (a, b, c):
+        cache.put(s)
+    assert cache.find(0, 1) is a  # "a" becomes the most recent
+    cache.put(span(20, 22))
+    assert cache.used == 600
+    assert cache.find(0, 2) is None and cache.find(0, 3) is None  # "b" went, whole
+    assert cache.find(0, 0) is a and cache.find(0, 11) is c
     assert cache.evictions == 1
+    assert len(cache) == 3
 
 
-def test_cache_ignores_values_larger_than_the_budget():
+def test_every_chunk_of_a_span_finds_it_and_files_are_kept_apart():
+    cache = ChunkCache(budget=10_000)
+    s = span(4, 9)
+    cache.put(s)
+    assert all(cache.find(0, chunk) is s for chunk in range(4, 9))
+    assert cache.find(0, 3) is None and cache.find(0, 9) is None
+    assert cache.find(1, 5) is None
+    assert (0, 8) in cache and (1, 8) not in cache
+
+
+def test_cache_ignores_spans_larger_than_the_budget():
     cache = ChunkCache(budget=10)
-    cache.put("big", bytes(11))
-    assert cache.get("big") is None
+    cache.put(span(0, 1))
+    assert cache.find(0, 0) is None
     assert cache.used == 0
 
 
-def test_cache_replacing_a_key_keeps_accounting_exact():
-    cache = ChunkCache(budget=100)
-    cache.put("k", bytes(60))
-    cache.put("k", bytes(30))
-    assert cache.used == 30
+def test_a_span_replacing_cached_chunks_keeps_accounting_exact():
+    cache = ChunkCache(budget=1000)
+    cache.put(span(0, 2))
+    cache.put(span(1, 3))
+    assert cache.used == 200
     assert len(cache) == 1
+    assert (0, 0) not in cache and (0, 2) in cache
 
 
 def test_single_flight_runs_once_for_concurrent_callers():
