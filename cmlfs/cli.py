@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cmlfs import __version__
 from cmlfs.errors import CmlfsError, StoreError
 from cmlfs.format.aead import Algorithm
@@ -30,7 +28,7 @@ from cmlfs.keys.attesters import ATTESTERS
 from cmlfs.keys.base import TSM_REPORT_ROOT
 from cmlfs.manifest import MANIFEST_NAME, read_envelope
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES
-from cmlfs.stores import StoreSettings
+from cmlfs.stores.base import StoreSettings, parse_header
 from cmlfs.units import format_size, parse_size
 
 log = logging.getLogger("cmlfs")
@@ -197,8 +195,6 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _store_settings(args: argparse.Namespace) -> StoreSettings:
-    from cmlfs.stores.http import parse_header
-
     lines = list(args.store_header)
     for path in args.store_header_file:
         lines.extend(
@@ -237,6 +233,8 @@ def _key_source(args: argparse.Namespace) -> KeySource | None:
 
 @contextmanager
 def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    from tqdm import tqdm  # imported here: it costs a mount's start ~0.1 s
+
     with tqdm(
         total=total,
         desc=what,
@@ -481,10 +479,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
     """MountSettings from the options ``mount`` and ``run`` share."""
     from cmlfs.daemon import MountSettings
-    from cmlfs.status import StatusSettings, default_runtime_dir
 
     status = None
     if args.http is not None:
+        from cmlfs.status import StatusSettings, default_runtime_dir
+
         runtime_dir = default_runtime_dir(dict(os.environ), os.geteuid())
         status = StatusSettings(*args.http, runtime_dir=runtime_dir)
     return MountSettings(
@@ -505,23 +504,19 @@ def _mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import ready_pipe_notifier, serve_reporting, spawn
+    from cmlfs.daemon import await_ready, fork_daemon, serve_reporting
 
-    if not args.foreground:
-        _key_source(args)  # a malformed --key-uri is refused here, before a daemon starts
-        child_args = [a for a in sys.argv[1:] if a != "--foreground"]
-        spawn(child_args, args.log_file, args.ready_timeout)
-        print(f"mounted {args.store} at {args.mountpoint}")
-        return 0
     logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.INFO)
     settings = _mount_settings(args, args.store, args.mountpoint)
-    if args.ready_fd is not None:
-        notify = ready_pipe_notifier(args.ready_fd)
-    else:
+    if not args.foreground:
+        pid, ready_fd = fork_daemon(settings, args.log_file or Path(os.devnull))
+        await_ready(ready_fd, pid, args.ready_timeout)
+        print(f"mounted {args.store} at {args.mountpoint}")
+        return 0
 
-        def notify(error: str | None) -> None:
-            if error is None:
-                log.info("event=ready mountpoint=%s", settings.mountpoint)
+    def notify(error: str | None) -> None:
+        if error is None:
+            log.info("event=ready mountpoint=%s", settings.mountpoint)
 
     return serve_reporting(settings, notify)
 
@@ -603,8 +598,8 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--fetch-size",
         type=_chunk_size,
         metavar="SIZE",
-        help="bytes fetched per store request, a power of two (default 256K from a folder, "
-        "4M from a network store)",
+        help="the aligned run a store request rounds a read up to, a power of two "
+        "(default: just the chunks a read misses from a folder, 4M from a network store)",
     )
     p.add_argument(
         "--threads",
@@ -758,7 +753,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where a background daemon logs (default: nowhere)",
     )
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser(

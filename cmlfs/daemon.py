@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -39,9 +40,11 @@ from cmlfs.manifest import (
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import DEFAULT_RUN_BYTES
-from cmlfs.status import StatusServer, StatusSettings
 from cmlfs.stores import LocalStore, Store, StoreSettings, open_store
 from cmlfs.stores.diskcache import DiskCache
+
+if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
+    from cmlfs.status import StatusServer, StatusSettings
 
 log = logging.getLogger("cmlfs.daemon")
 
@@ -57,7 +60,8 @@ _CAP_IPC_LOCK = 14
 LOCK_HEADROOM = 2 << 30
 REMOTE_RUN_BYTES = 4 * 1024 * 1024  # one request per 4 MiB amortizes network latency
 REMOTE_THREADS = 8  # fetches in flight at once from a network store
-PREFETCH_RUNS = 2
+# Sequential reads from a network store fetch ahead one run per fetch thread.
+REMOTE_PREFETCH_BYTES = REMOTE_THREADS * REMOTE_RUN_BYTES
 
 Notify = Callable[[str | None], None]
 
@@ -72,13 +76,13 @@ class MountSettings:
     cache_bytes: int
     allow_other: bool = False
     store_settings: StoreSettings = field(default_factory=StoreSettings)
-    fetch_bytes: int | None = None  # None: 256 KiB from a folder, 4 MiB from a network store
+    fetch_bytes: int | None = None  # None: a read's missing chunks (folder), 4 MiB (network)
     threads: int | None = None  # None: inline (0) for a folder, REMOTE_THREADS for a network store
     disk_cache: Path | None = None  # ciphertext only
     disk_cache_bytes: int = 0
     key_settings: KeySettings = field(default_factory=KeySettings)
     expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
-    status: StatusSettings | None = None  # --http: serve health, readiness and metrics
+    status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
 
 
 def disable_core_dumps() -> None:
@@ -207,7 +211,11 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     )
     reader = _reader(settings, store, manifest, key)
     operations = ModelFs(manifest, reader)
-    status = StatusServer(settings.status, settings.mountpoint, reader) if settings.status else None
+    status = None
+    if settings.status:
+        from cmlfs.status import StatusServer
+
+        status = StatusServer(settings.status, settings.mountpoint, reader)
     options = set(pyfuse3.default_options) | {"fsname=cmlfs", "subtype=cmlfs", "ro", "noatime"}
     if settings.allow_other:
         options.add("allow_other")
@@ -255,14 +263,14 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
         cache_bytes=settings.cache_bytes,
         run_bytes=settings.fetch_bytes or (DEFAULT_RUN_BYTES if local else REMOTE_RUN_BYTES),
         threads=threads or None,
-        prefetch_runs=PREFETCH_RUNS,
+        prefetch_bytes=REMOTE_PREFETCH_BYTES,
         disk_cache=disk_cache,
         inline=threads == 0,
     )
 
 
 async def _serve_until_stopped(
-    mountpoint: Path, notify: Notify, status: StatusServer | None
+    mountpoint: Path, notify: Notify, status: "StatusServer | None"
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
@@ -338,32 +346,48 @@ def ready_pipe_notifier(fd: int) -> Notify:
     return notify
 
 
-def spawn(child_args: list[str], log_file: Path | None, timeout: float) -> None:
-    """Start ``cmlfs <child_args> --foreground`` detached and wait for its readiness line."""
+def fork_daemon(settings: MountSettings, output: Path | None = None) -> tuple[int, int]:
+    """Fork the daemon (it serves the mount, reporting readiness on a pipe): (pid, read end).
+
+    Forking, rather than starting a new interpreter, reuses the modules the CLI already
+    imported, which is most of the time to a mounted model. The daemon runs in its own
+    session (a terminal's Ctrl-C does not unmount under a server); with ``output`` its
+    stdin is /dev/null and its stdout and stderr go to that file, so it outlives the
+    terminal that started it.
+    """
+    target = None
+    if output is not None:
+        try:
+            target = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise MountError(f"cannot open log file {output}: {exc.strerror}") from None
     read_fd, write_fd = os.pipe()
-    log_target = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cmlfs",
-                *child_args,
-                "--foreground",
-                "--ready-fd",
-                str(write_fd),
-            ],
-            pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=log_target,
-            stderr=log_target,
-            start_new_session=True,
-        )
-    finally:
-        os.close(write_fd)
-        if log_file:
-            log_target.close()
-    await_ready(read_fd, child.pid, timeout)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon: never returns into the caller's code
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if target is not None:
+                null = os.open(os.devnull, os.O_RDONLY)
+                for fd, source in ((0, null), (1, target), (2, target)):
+                    os.dup2(source, fd)
+                os.close(null)
+                os.close(target)
+            code = serve_reporting(settings, ready_pipe_notifier(write_fd))
+        except CmlfsError:
+            pass  # reported to the parent through the readiness pipe
+        except BaseException:
+            log.exception("event=daemon_failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    os.close(write_fd)
+    if target is not None:
+        os.close(target)
+    return pid, read_fd
 
 
 def await_ready(read_fd: int, pid: int, timeout: float) -> None:

@@ -17,11 +17,10 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from types import FrameType
 
-from cmlfs.daemon import MountSettings, await_ready, ready_pipe_notifier, serve_reporting, wait_exit
+from cmlfs.daemon import MountSettings, await_ready, fork_daemon, wait_exit
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.mountpoint import mount_entry, unmount
 
@@ -72,7 +71,7 @@ def run_with_mount(settings: MountSettings, command: list[str], ready_timeout: f
     The mountpoint is created if missing (in a pod it is a subdirectory of an empty volume).
     """
     settings.mountpoint.mkdir(parents=True, exist_ok=True)
-    daemon_pid, ready_fd = _start_daemon(settings)
+    daemon_pid, ready_fd = fork_daemon(settings)
     forwarder = _Forwarder(daemon_pid)
     previous = {signum: signal.signal(signum, forwarder) for signum in FORWARDED}
     daemon_alive = True
@@ -89,29 +88,6 @@ def run_with_mount(settings: MountSettings, command: list[str], ready_timeout: f
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _stop_daemon(daemon_pid if daemon_alive else None, settings)
-
-
-def _start_daemon(settings: MountSettings) -> tuple[int, int]:
-    """Fork the daemon (it serves the mount, reporting readiness on a pipe): (pid, read end)."""
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the daemon: never returns into the caller's code
-        code = 1
-        try:
-            os.close(read_fd)
-            os.setsid()
-            code = serve_reporting(settings, ready_pipe_notifier(write_fd))
-        except CmlfsError:
-            pass  # reported to the parent through the readiness pipe
-        except BaseException:
-            log.exception("event=daemon_failed")
-        finally:
-            logging.shutdown()
-            os._exit(code)
-    os.close(write_fd)
-    return pid, read_fd
 
 
 def _supervise(command: list[str], forwarder: _Forwarder) -> tuple[int, bool]:

@@ -119,18 +119,23 @@ def encrypted_model(tmp_path: Path, sample_model, key_file: Path):
 
 
 def daemon_pid(mountpoint: Path) -> int:
-    """The pid of the cmlfs daemon serving ``mountpoint`` (found by its command line)."""
-    target = str(mountpoint)
+    """The pid of the cmlfs daemon serving ``mountpoint``: the process that names it on its
+    command line and holds /dev/fuse open (the CLI that started it has exited)."""
+    target = os.fsencode(str(mountpoint))
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"cmlfs" in argv and target in argv and _holds_fuse_device(proc):
+                return int(proc.name)
         except OSError:
             continue
-        if b"--foreground" in argv and b"cmlfs" in argv and os.fsencode(target) in argv:
-            return int(proc.name)
     raise AssertionError(f"no cmlfs daemon serves {mountpoint}")
+
+
+def _holds_fuse_device(proc: Path) -> bool:
+    return any(os.readlink(fd) == "/dev/fuse" for fd in (proc / "fd").iterdir())
 
 
 def rss_bytes(pid: int) -> int:

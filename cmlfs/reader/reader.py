@@ -38,7 +38,8 @@ from cmlfs.stores.diskcache import DiskCache
 log = logging.getLogger("cmlfs.reader")
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-read
-DEFAULT_RUN_BYTES = 256 * 1024  # four 64 KiB chunks: random reads decrypt little extra
+PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
+DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
 
 
 # Upper bounds of the read latency histogram, 100 µs to 5 s: cache hits to slow stores.
@@ -107,7 +108,7 @@ class ModelReader:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         run_bytes: int = DEFAULT_RUN_BYTES,
         threads: int | None = None,
-        prefetch_runs: int = 0,
+        prefetch_bytes: int = 0,
         disk_cache: DiskCache | None = None,
         inline: bool = False,
     ) -> None:
@@ -124,10 +125,9 @@ class ModelReader:
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
         self._inline = inline
-        # Prefetch overlaps store latency with reading, which inline work cannot; and only
-        # as far as the cache can hold next to the runs being read.
-        room = cache_bytes // (2 * self._run_chunks * manifest.chunk_size)
-        self._max_ahead = 0 if inline else max(0, min(prefetch_runs, room))
+        # Prefetch overlaps store latency with reading, which inline work cannot; it fills
+        # at most half the cache, so the runs being read stay.
+        self._max_ahead = 0 if inline else min(prefetch_bytes, cache_bytes // 2)
         self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
 
@@ -241,22 +241,25 @@ class ModelReader:
             flight.done.set()
 
     def _prefetch(self, index: int, offset: int, end: int, last: int) -> None:
-        """Fetch the runs after a sequential read in the background; the number of runs
-        ahead doubles with each sequential read up to the maximum, and a read elsewhere
-        stops prefetching for the file until reads are sequential again."""
+        """Fetch the runs after a sequential read into the cache in the background. How far
+        ahead doubles with each sequential read up to the maximum; a read elsewhere stops
+        it for the file until reads are sequential again."""
         sequential = self._next_offset.get(index) == offset
         self._next_offset[index] = end
         if not sequential:
             self._ahead[index] = 0
             return
-        ahead = self._ahead[index] = min(max(1, 2 * self._ahead.get(index, 0)), self._max_ahead)
-        run = self._run_chunks
-        n_chunks = self._layouts[index].n_chunks
+        layout = self._layouts[index]
+        unit = max(self._run_chunks, PREFETCH_UNIT_BYTES // layout.chunk_size)
+        unit_bytes = unit * layout.chunk_size
+        ahead = self._ahead[index] = min(max(unit_bytes, 2 * self._ahead[index]), self._max_ahead)
+        first_unit = last // unit + 1
         for start in range(
-            (last // run + 1) * run, min((last // run + 1 + ahead) * run, n_chunks), run
+            first_unit * unit, (first_unit + max(1, ahead // unit_bytes)) * unit, unit
         ):
-            if self._free(index, start):
-                trio.lowlevel.spawn_system_task(self._fly, self._launch(index, start, start))
+            if start < layout.n_chunks and self._free(index, start):
+                flight = self._launch(index, start, start + unit - 1)
+                trio.lowlevel.spawn_system_task(self._fly, flight)
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int

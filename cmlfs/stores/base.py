@@ -14,6 +14,7 @@ from typing import Protocol
 from cmlfs.errors import StoreError
 
 _NAME = re.compile(r"(manifest\.cmlfs|blobs/[0-9a-f]{64})")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
 MAX_WHOLE_READ = 128 * 1024 * 1024
 
 Progress = Callable[[int], None]
@@ -58,6 +59,16 @@ def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise StoreError(f"invalid store object name {name!r}")
     return name
+
+
+def parse_header(line: str) -> tuple[str, str]:
+    """``Name: value`` as given on the command line or in a header file, checked so nothing
+    can be smuggled into a request (no line breaks, a valid field name)."""
+    name, colon, value = line.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _TOKEN.fullmatch(name) or not value.isprintable():
+        raise StoreError("a store header must look like 'Name: value' on one line")
+    return name, value
 
 
 class Store(Protocol):

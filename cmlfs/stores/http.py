@@ -120,19 +120,6 @@ def etag_matches(a: str | None, b: str | None) -> bool:
     return a.removeprefix("W/") == b.removeprefix("W/")
 
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def parse_header(line: str) -> tuple[str, str]:
-    """``Name: value`` as given on the command line or in a header file, checked so nothing
-    can be smuggled into a request (no line breaks, a valid field name)."""
-    name, colon, value = line.partition(":")
-    name, value = name.strip(), value.strip()
-    if not colon or not _TOKEN.fullmatch(name) or not value.isprintable():
-        raise StoreError("a store header must look like 'Name: value' on one line")
-    return name, value
-
-
 class HttpTransport:
     """One pooled session: single attempts that classify failures; the caller retries.
 

@@ -41,13 +41,12 @@ from cmlfs.manifest import (
     read_envelope,
 )
 from cmlfs.stores import open_store
-from cmlfs.stores.base import StoreSettings
+from cmlfs.stores.base import StoreSettings, parse_header
 from cmlfs.stores.http import (
     MAX_OBJECT_SIZE,
     HttpTransport,
     identity_from,
     parse_content_range,
-    parse_header,
 )
 from cmlfs.stores.oci import (
     parse_challenge,

@@ -7,8 +7,8 @@ import pytest
 
 from cmlfs.errors import StoreError
 from cmlfs.stores import open_store
-from cmlfs.stores.base import ObjectChanged, StoreSettings
-from cmlfs.stores.http import etag_matches, parse_content_range, parse_header, safe_url
+from cmlfs.stores.base import ObjectChanged, StoreSettings, parse_header
+from cmlfs.stores.http import etag_matches, parse_content_range, safe_url
 from cmlfs.stores.oci import (
     ARTIFACT_TYPE,
     BLOB_MEDIA_TYPE,
