@@ -6,6 +6,7 @@ the last holds exactly ``chunk_size`` plaintext bytes; a record is
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 HEADER_LEN = 88
 NONCE_LEN = 12
@@ -41,11 +42,11 @@ class ChunkLayout:
         if not 0 <= self.plaintext_size <= MAX_PLAINTEXT_SIZE:
             raise ValueError(f"plaintext size out of range: {self.plaintext_size}")
 
-    @property
+    @cached_property  # on the read path of every request: computed once
     def n_chunks(self) -> int:
         return -(-self.plaintext_size // self.chunk_size)
 
-    @property
+    @cached_property
     def record_stride(self) -> int:
         return self.chunk_size + RECORD_OVERHEAD
 

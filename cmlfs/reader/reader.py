@@ -274,25 +274,15 @@ class ModelReader:
                 return span
             if cached is not None:
                 cache.discard(entry.blob_name, offset, length)
-        data = self._read_records(entry, opener, first, last)
-        span = self._open_records(entry, opener, first, last, data)
-        if cache and not span.failures:
-            cache.put(entry.blob_name, offset, length, data)
-        return span
-
-    def _read_records(self, entry: FileEntry, opener: BlobOpener, first: int, last: int) -> bytes:
-        return self.store.read_range(entry.blob_name, *opener.layout.records_span(first, last))
-
-    def _open_records(
-        self, entry: FileEntry, opener: BlobOpener, first: int, last: int, data: bytes
-    ) -> OpenedSpan:
-        """Open fetched records; errors and failed chunks are named by file."""
+        data = self.store.read_range(entry.blob_name, offset, length)
         try:
             span = opener.open_span(first, last, data)
         except IntegrityError as exc:
             raise IntegrityError(f"{entry.path}: {exc}") from None
         for chunk, error in span.failures.items():
             span.failures[chunk] = IntegrityError(f"{entry.path}: {error}")
+        if cache and not span.failures:
+            cache.put(entry.blob_name, offset, length, data)
         return span
 
     async def _opener(self, index: int) -> BlobOpener:
