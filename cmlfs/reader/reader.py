@@ -246,15 +246,14 @@ class ModelReader:
             self._ahead[index] = 0
             return
         layout = self._layouts[index]
-        unit = max(self._run_chunks, PREFETCH_UNIT_BYTES // layout.chunk_size)
-        unit_bytes = unit * layout.chunk_size
-        ahead = self._ahead[index] = min(max(unit_bytes, 2 * self._ahead[index]), self._max_ahead)
-        first_unit = last // unit + 1
-        for start in range(
-            first_unit * unit, (first_unit + max(1, ahead // unit_bytes)) * unit, unit
-        ):
-            if start < layout.n_chunks and self._free(index, start):
-                flight = self._launch(index, start, start + unit - 1)
+        size = layout.chunk_size
+        unit = max(self._run_chunks, PREFETCH_UNIT_BYTES // size)
+        ahead = self._ahead[index] = min(max(unit * size, 2 * self._ahead[index]), self._max_ahead)
+        stop = min(last + 1 + ahead // size, layout.n_chunks)
+        for window in range((last + 1) // unit * unit, stop, unit):
+            start = max(window, last + 1)
+            if self._free(index, start):  # else this window is cached or on its way
+                flight = self._launch(index, start, min(window + unit, stop) - 1)
                 trio.lowlevel.spawn_system_task(self._fly, flight)
 
     def _fetch_and_open(

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from cmlfs.errors import StoreError
@@ -170,22 +171,29 @@ class HttpTransport:
         return response
 
     def read_body(self, response: requests.Response, limit: int) -> bytes:
-        """The whole body of a streamed response, refused beyond ``limit`` bytes."""
+        """The whole body of a streamed response, refused beyond ``limit`` bytes.
+
+        Read from urllib3 in one call of the announced length (or in 1 MiB pieces when
+        no length is announced): requests' ``iter_content`` measured ~3x slower here.
+        """
         announced = response.headers.get("Content-Length")
         if announced is not None and (not _is_length(announced) or int(announced) > limit):
             response.close()
             raise StoreError(f"the server announced a body larger than {limit} bytes")
-        body = bytearray()
         try:
-            for piece in response.iter_content(1 << 20):
+            if announced is not None:
+                return response.raw.read(int(announced))
+            body = bytearray()
+            while piece := response.raw.read(1 << 20):
                 body += piece
                 if len(body) > limit:
                     raise StoreError(f"the server sent more than {limit} bytes")
-        except requests.RequestException as exc:  # reset, stall or short chunked body
+            return bytes(body)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # reset, stall, short or badly chunked body
             raise TransientStoreError(f"body interrupted: {type(exc).__name__}") from None
         finally:
             response.close()
-        return bytes(body)
 
     def get_range(
         self,

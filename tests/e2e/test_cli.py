@@ -284,3 +284,24 @@ def _wait_gone(pid: int) -> None:
         return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
 
     _wait_for(gone)
+
+
+def test_mount_logs_to_the_log_file_and_refuses_one_it_cannot_write(encrypted_model, tmp_path):
+    _, contents, store, key = encrypted_model
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    unwritable = tmp_path / "missing-folder" / "daemon.log"
+    result = run_cli("mount", store, mnt, "--key-file", key, "--log-file", unwritable, check=False)
+    assert_one_line_error(result, "cannot open log file")
+    assert mount_entry(mnt) is None
+    log = tmp_path / "daemon.log"
+    run_cli("mount", store, mnt, "--key-file", key, "--log-file", log)
+    try:
+        name, data = next(iter(contents.items()))
+        assert (mnt / name).read_bytes() == data
+    finally:
+        run_cli("umount", mnt)
+    deadline = time.monotonic() + 10
+    while "event=unmounted" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "event=unmounted" in log.read_text()  # the detached daemon wrote there to the end

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +168,58 @@ def test_a_read_within_one_run_is_a_read_only_view_without_a_copy(model):
     data = read(reader, index["big.bin"], 100, 2 * CHUNK)
     assert isinstance(data, memoryview) and data.readonly
     assert data == contents["big.bin"][100 : 100 + 2 * CHUNK]
+
+
+def test_a_random_read_opens_exactly_the_chunks_it_misses(model):
+    store, contents = model
+    reader, index = open_reader(store)  # default: no rounding up to runs
+    big, plain = index["big.bin"], contents["big.bin"]
+    assert read(reader, big, 5 * CHUNK + 7, 10) == plain[5 * CHUNK + 7 : 5 * CHUNK + 17]
+    assert (reader.stats.chunks_decrypted, reader.stats.store_requests) == (1, 1)
+    # Chunks 4..7 with 5 cached: 4 and 6..7 are fetched, as two spans around it.
+    assert read(reader, big, 4 * CHUNK, 4 * CHUNK) == plain[4 * CHUNK : 8 * CHUNK]
+    assert (reader.stats.chunks_decrypted, reader.stats.store_requests) == (4, 3)
+
+
+def test_overlapping_concurrent_reads_share_the_chunks_in_flight(model):
+    store, contents = model
+    reader, index = open_reader(store, threads=4)  # fetches in threads: reads interleave
+    big, plain = index["big.bin"], contents["big.bin"]
+    ranges = [(0, 8), (4, 12), (2, 6), (10, 16), (0, 16)]
+
+    async def main():
+        results = {}
+
+        async def one(first, end):
+            data = await reader.read(big, first * CHUNK, (end - first) * CHUNK)
+            results[first, end] = bytes(data)
+
+        async with trio.open_nursery() as nursery:
+            for first, end in ranges:
+                nursery.start_soon(one, first, end)
+        return results
+
+    results = trio.run(main)
+    assert results == {(a, b): plain[a * CHUNK : b * CHUNK] for a, b in ranges}
+    assert reader.stats.chunks_decrypted == 16  # each chunk once, however the reads overlapped
+
+
+def test_sequential_reads_prefetch_and_scattered_reads_do_not(model):
+    store, contents = model
+    plain = contents["big.bin"]
+
+    async def reads(reader, offsets):
+        for offset in offsets:
+            assert await reader.read(big, offset, CHUNK) == plain[offset : offset + CHUNK]
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(0.2)  # let background fetches finish
+
+    sequential, index = open_reader(store, threads=2, prefetch_bytes=1 << 20)
+    big = index["big.bin"]
+    trio.run(reads, sequential, [0, CHUNK, 2 * CHUNK])
+    assert all((big, c) in sequential.cache for c in range(41))  # the rest of the file
+    assert sequential.stats.chunks_decrypted == 41
+
+    scattered, _ = open_reader(store, threads=2, prefetch_bytes=1 << 20)
+    trio.run(reads, scattered, [0, 20 * CHUNK, 3 * CHUNK, 30 * CHUNK])
+    assert scattered.stats.chunks_decrypted == 4
