@@ -107,6 +107,12 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def check_range(name: str, offset: int, length: int, size: int) -> None:
+    """Refuse a range that does not lie inside an object of ``size`` bytes."""
+    if offset < 0 or length < 0 or offset + length > size:
+        raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+
+
 def read_whole(store: "Store", name: str, limit: int) -> bytes:
     """The whole object ``name``, refused before reading when larger than ``limit``."""
     size = store.size(name)

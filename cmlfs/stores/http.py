@@ -31,6 +31,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    check_range,
     read_whole,
 )
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
@@ -297,8 +298,7 @@ class HttpStore:
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         identity = self._identity(name)
-        if offset < 0 or length < 0 or offset + length > identity.size:
-            raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+        check_range(name, offset, length, identity.size)
         if length == 0:
             return b""
         url = self._url(name)

@@ -35,6 +35,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    check_range,
     read_whole,
 )
 from cmlfs.stores.http import (
@@ -198,7 +199,10 @@ def load_credentials(auth_file: Path | None, registry: str) -> tuple[str, str] |
     if not isinstance(auths, dict):
         return None
     for key, entry in auths.items():
-        host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+        try:
+            host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+        except ValueError:  # an entry such as "https://[x" names no registry
+            continue
         if host != registry or not isinstance(entry, dict):
             continue
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
@@ -253,8 +257,7 @@ class OciStore:
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         descriptor = self._descriptor(name)
-        if offset < 0 or length < 0 or offset + length > descriptor.size:
-            raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+        check_range(name, offset, length, descriptor.size)
         if length == 0:
             return b""
         url = f"{self._base}/blobs/{descriptor.digest}"
@@ -386,8 +389,12 @@ class OciStore:
             location = response.headers.get("Location")
             if response.status_code != 202 or not location:
                 raise status_error(response)
-            target = urljoin(f"{self._base}/", location)
-            if urlsplit(target).netloc != urlsplit(self._base).netloc:
+            try:  # the registry chose it: "https://[x" raises ValueError
+                target = urljoin(f"{self._base}/", location)
+                host = urlsplit(target).netloc
+            except ValueError:
+                raise StoreError("the registry answered an invalid upload location") from None
+            if host != urlsplit(self._base).netloc:
                 raise StoreError("the registry redirected an upload to another host")
             sent = 0
 

@@ -20,6 +20,7 @@ from cmlfs.stores.base import (
     Progress,
     StoreSettings,
     check_name,
+    check_range,
     read_whole,
 )
 from cmlfs.stores.http import POOL_SIZE, Identity, parse_content_range, tls_error
@@ -76,8 +77,7 @@ class S3Store:
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         identity = self._identity(name)
-        if offset < 0 or length < 0 or offset + length > identity.size:
-            raise StoreError(f"{name}: range {offset}+{length} is outside the object")
+        check_range(name, offset, length, identity.size)
         if length == 0:
             return b""
         return self._retry.call(name, lambda: self._get(name, offset, length, identity))

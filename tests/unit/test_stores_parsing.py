@@ -133,6 +133,7 @@ def test_registry_credentials_from_an_auth_file(tmp_path):
         json.dumps(
             {
                 "auths": {
+                    "https://[broken": {"auth": token},  # names no registry: skipped
                     "https://reg.example:5000/v2/": {"auth": token},
                     "other.example": {"username": "u", "password": "p"},
                 }
