@@ -252,7 +252,7 @@ class ModelReader:
         stop = min(last + 1 + ahead // size, layout.n_chunks)
         for window in range((last + 1) // unit * unit, stop, unit):
             start = max(window, last + 1)
-            if self._free(index, start):  # else this window is cached or on its way
+            if start < stop and self._free(index, start):  # else cached or on its way
                 flight = self._launch(index, start, min(window + unit, stop) - 1)
                 trio.lowlevel.spawn_system_task(self._fly, flight)
 

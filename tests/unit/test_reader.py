@@ -223,3 +223,12 @@ def test_sequential_reads_prefetch_and_scattered_reads_do_not(model):
     scattered, _ = open_reader(store, threads=2, prefetch_bytes=1 << 20)
     trio.run(reads, scattered, [0, 20 * CHUNK, 3 * CHUNK, 30 * CHUNK])
     assert scattered.stats.chunks_decrypted == 4
+
+
+def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(model):
+    store, contents = model
+    reader, index = open_reader(store, threads=2, run_bytes=8 * CHUNK, prefetch_bytes=1 << 20)
+    big, plain = index["big.bin"], contents["big.bin"]
+    assert read(reader, big, 40 * CHUNK - 1, 1) == plain[40 * CHUNK - 1 : 40 * CHUNK]
+    # Sequential: prefetch runs first; it must not claim a chunk after the last one.
+    assert read(reader, big, 40 * CHUNK, CHUNK) == plain[40 * CHUNK :]
