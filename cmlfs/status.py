@@ -154,9 +154,13 @@ class MountCollector:
                 "Chunks decrypted and authenticated.",
                 stats.chunks_decrypted,
             ),
-            ("cmlfs_cache_hits", "Chunk cache hits.", cache.hits),
-            ("cmlfs_cache_misses", "Chunk cache misses.", cache.misses),
-            ("cmlfs_cache_evictions", "Chunks evicted from the cache.", cache.evictions),
+            ("cmlfs_cache_hits", "Lookups that found a chunk in the cache.", cache.hits),
+            ("cmlfs_cache_misses", "Lookups that had to fetch a chunk.", cache.misses),
+            (
+                "cmlfs_cache_evictions",
+                "Spans (chunks fetched together) evicted from the cache.",
+                cache.evictions,
+            ),
             ("cmlfs_store_requests", "Ranged reads sent to the store.", stats.store_requests),
             (
                 "cmlfs_store_retries",
