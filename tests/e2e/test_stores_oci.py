@@ -5,12 +5,16 @@ import errno
 import json
 import os
 import re
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from cmlfs.errors import StoreError
 from cmlfs.format.layout import HEADER_LEN
-from cmlfs.stores.oci import ARTIFACT_TYPE, OCI_MANIFEST
+from cmlfs.stores.base import StoreSettings
+from cmlfs.stores.oci import ARTIFACT_TYPE, OCI_MANIFEST, OciStore
 from tests.conftest import mounted, run_cli
 from tests.e2e.stores_servers import assert_reads_back, blob_of
 
@@ -95,3 +99,38 @@ def test_tls_and_basic_auth_registry(encrypted_model, secure_registry, tmp_path)
         assert_reads_back(mnt, src, contents)
     log = run_cli("verify", digest_ref, "--key-file", key, *auth, env=env)
     assert "ok:" in log.stdout and "s3cret" not in log.stdout + log.stderr
+
+
+def test_an_upload_location_that_is_not_a_url_is_a_store_error(tmp_path):
+    """A registry is hostile input too: a Location such as "https://[x" must not crash."""
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # no blob there yet
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:  # start an upload, at a location that is no URL
+            self.send_response(202)
+            self.send_header("Location", "https://[broken/upload")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"ciphertext")
+    try:
+        store = OciStore(
+            f"oci://127.0.0.1:{server.server_address[1]}/model:v1",
+            StoreSettings(insecure_http=True, attempts=1),
+        )
+        with pytest.raises(StoreError, match="invalid upload location"):
+            store.put(f"blobs/{'ab' * 32}", blob, lambda n: None)
+    finally:
+        server.shutdown()
+        server.server_close()
