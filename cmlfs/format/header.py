@@ -157,7 +157,7 @@ class BlobOpener:
             record = records[start:] if is_last else records[start : start + stride]
             target = out[at:] if is_last else out[at : at + size]
             try:
-                open_into(record, digest + _AD_TAIL.pack(index, is_last), target)
+                open_into(record, chunk_associated_data(digest, index, is_last), target)
             except IntegrityError:
                 failures[index] = IntegrityError(f"chunk {index}: authentication failed")
         return OpenedSpan(first, plaintext, failures)

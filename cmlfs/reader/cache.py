@@ -102,10 +102,6 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._calls: dict[Hashable, _Call[T]] = {}
 
-    def busy(self, key: Hashable) -> bool:
-        """Whether a computation for ``key`` is running now."""
-        return key in self._calls
-
     async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
         while True:
             call = self._calls.get(key)

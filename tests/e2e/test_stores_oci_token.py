@@ -41,12 +41,19 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def test_push_mount_and_verify_through_the_token_service(encrypted_model, token_registry, tmp_path):
-    src, contents, store, key = encrypted_model
+def pusher_setup(token_registry, tmp_path) -> tuple[dict, tuple, tuple, str]:
+    """(environment without stray credentials, --store-ca, the pusher's auth file option,
+    a fresh tag) for one test."""
     env = no_credentials_env(tmp_path)
     ca = ("--store-ca", token_registry.registry.ca_file)
     pusher = ("--registry-auth-file", token_registry.auth_file(tmp_path, *_PUSHER))
     ref = token_registry.registry.ref(f"tokens/model:{tmp_path.name.lower()}")
+    return env, ca, pusher, ref
+
+
+def test_push_mount_and_verify_through_the_token_service(encrypted_model, token_registry, tmp_path):
+    src, contents, store, key = encrypted_model
+    env, ca, pusher, ref = pusher_setup(token_registry, tmp_path)
 
     digest_ref, out = push(store, ref, *pusher, *ca, env=env)
     assert "11 objects uploaded" in out
@@ -67,10 +74,7 @@ def test_push_mount_and_verify_through_the_token_service(encrypted_model, token_
 
 def test_token_service_refusals(encrypted_model, token_registry, tmp_path):
     _, _, store, key = encrypted_model
-    env = no_credentials_env(tmp_path)
-    ca = ("--store-ca", token_registry.registry.ca_file)
-    pusher = ("--registry-auth-file", token_registry.auth_file(tmp_path, *_PUSHER))
-    ref = token_registry.registry.ref(f"tokens/model:{tmp_path.name.lower()}")
+    env, ca, pusher, ref = pusher_setup(token_registry, tmp_path)
     digest_ref, _ = push(store, ref, *pusher, *ca, env=env)
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -15,23 +15,12 @@ import pytest
 from cmlfs.mountpoint import mount_entry, mount_is_dead
 from tests.conftest import daemon_pid, force_unmount, mounted, run_cli
 from tests.e2e.stores_servers import free_port
-from tests.hardening.models import write_stress_model
 from tests.hardening.stress import StressReport, run_stress
 
 pytestmark = [pytest.mark.fuse, pytest.mark.hardening]
 
 EIO = frozenset({errno.EIO})
 DEAD = frozenset({errno.EIO, errno.ENOTCONN, errno.ECONNABORTED})
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    contents = write_stress_model(root / "model")
-    key = root / "model.key"
-    run_cli("keygen", "--out", key)
-    run_cli("encrypt", root / "model", root / "store", "--key-file", key)
-    return root, contents, key
 
 
 def stress_in_background(mnt, contents, seconds, tolerated) -> tuple[threading.Thread, list]:
@@ -62,8 +51,10 @@ def assert_reads_back(mnt, contents) -> None:
         assert (mnt / name).read_bytes() == data, name
 
 
-def test_store_faults_during_stress_give_eio_never_wrong_bytes(model, nginx, proxy, tmp_path):
-    root, contents, key = model
+def test_store_faults_during_stress_give_eio_never_wrong_bytes(
+    stress_model, nginx, proxy, tmp_path
+):
+    root, contents, key = stress_model
     shutil.copytree(root / "store", nginx.root / "fault-stress", dirs_exist_ok=True)
     log = tmp_path / "daemon.log"
     store = f"{proxy.url}/fault-stress"
@@ -115,8 +106,10 @@ def test_a_key_broker_that_is_down_refuses_the_mount_with_one_line(encrypted_mod
         force_unmount(mnt)
 
 
-def test_sigkill_under_load_gives_errors_never_wrong_bytes_and_a_restart_recovers(model, tmp_path):
-    root, contents, key = model
+def test_sigkill_under_load_gives_errors_never_wrong_bytes_and_a_restart_recovers(
+    stress_model, tmp_path
+):
+    root, contents, key = stress_model
     mnt, log = tmp_path / "mnt", tmp_path / "daemon.log"
     options = ["--key-file", key, "--cache-size", "1M", "--log-file", log]
     with mounted(root / "store", mnt, *options):
@@ -139,10 +132,12 @@ def test_sigkill_under_load_gives_errors_never_wrong_bytes_and_a_restart_recover
     [("size=64k", "No space left on device"), ("ro", "Read-only file system")],
     ids=["full", "read-only"],
 )
-def test_a_full_or_read_only_disk_cache_costs_only_the_cache(model, tmp_path, options, reason):
+def test_a_full_or_read_only_disk_cache_costs_only_the_cache(
+    stress_model, tmp_path, options, reason
+):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    root, contents, key = model
+    root, contents, key = stress_model
     cache = tmp_path / "cache"
     cache.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", cache], check=True)

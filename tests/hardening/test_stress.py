@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from tests.conftest import daemon_pid, mounted, run_cli
-from tests.hardening.models import write_stress_model
+from tests.conftest import daemon_pid, mounted
 from tests.hardening.stress import core_dump_limit, proc_status, run_stress
 
 pytestmark = [pytest.mark.fuse, pytest.mark.hardening]
@@ -15,16 +14,6 @@ SECONDS = float(os.environ.get("CMLFS_STRESS_SECONDS", "20"))
 CACHE = 1 << 20
 # As tests/fuse/test_large.py: the interpreter, libraries and in-flight request buffers.
 RSS_MARGIN = 100 << 20
-
-
-@pytest.fixture(scope="module")
-def stress_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stress")
-    contents = write_stress_model(root / "model")
-    key = root / "model.key"
-    run_cli("keygen", "--out", key)
-    run_cli("encrypt", root / "model", root / "store", "--key-file", key)
-    return root, contents, key
 
 
 def test_32_readers_random_ranges_and_mmap_read_only_source_bytes(stress_model):
