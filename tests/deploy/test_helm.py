@@ -152,6 +152,20 @@ def test_secrets_and_config_maps_feed_the_sidecar():
     assert "exec" not in tei["startupProbe"]
 
 
+def test_a_private_store_ca_is_mounted_and_passed_in_both_modes():
+    for values in ("vllm-values.yaml", "tgi-values.yaml"):
+        spec = pod(values, "cmlfs.storeCA.configMapName=bucket-ca", "cmlfs.storeCA.key=root.pem")
+        container = (spec.get("initContainers") or spec["containers"])[0]
+        flags = container.get("args") or container["command"]
+        assert "--store-ca=/etc/cmlfs/store-ca/root.pem" in flags
+        assert by_name(spec["volumes"], "cmlfs-store-ca")["configMap"]["name"] == "bucket-ca"
+        mount = by_name(container["volumeMounts"], "cmlfs-store-ca")
+        assert mount["mountPath"] == "/etc/cmlfs/store-ca" and mount["readOnly"] is True
+    spec = pod("vllm-values.yaml")
+    assert not any("--store-ca" in a for a in spec["initContainers"][0]["args"])
+    assert not any(v["name"] == "cmlfs-store-ca" for v in spec["volumes"])
+
+
 def test_in_container_mode_wraps_the_server_command_without_propagation():
     spec = pod("tgi-values.yaml")
     assert "initContainers" not in spec

@@ -63,14 +63,27 @@ becomes:
 {{- end }}
 {{- end -}}
 
+{{/* The CA bundles set in values, as a JSON list of {flag, configMapName, key}: each is a
+     ConfigMap mounted at /etc/cmlfs/<flag> and named by --<flag>. */}}
+{{- define "cmlfs-lib.caBundles" -}}
+{{- $c := .cmlfs -}}
+{{- $bundles := list -}}
+{{- range $flag, $ca := dict "kbs-ca" $c.kbsCA "store-ca" ($c.storeCA | default dict) -}}
+{{- if $ca.configMapName -}}
+{{- $bundles = append $bundles (dict "flag" $flag "configMapName" $ca.configMapName "key" ($ca.key | default "ca.crt")) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $bundles -}}
+{{- end -}}
+
 {{/* cmlfs options shared by `cmlfs mount` (sidecar) and `cmlfs run` (in-container). */}}
 {{- define "cmlfs-lib.args" -}}
 {{- $c := .cmlfs -}}
 - --allow-other
 - --cache-size={{ $c.cacheSize }}
 - --attester={{ $c.attester }}
-{{- with $c.kbsCA.configMapName }}
-- --kbs-ca=/etc/cmlfs/kbs-ca/{{ $c.kbsCA.key }}
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+- --{{ .flag }}=/etc/cmlfs/{{ .flag }}/{{ .key }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - --store-header-file=/etc/cmlfs/store-headers/{{ $c.storeCredentials.headerFileSecret.key }}
@@ -87,9 +100,9 @@ becomes:
 {{- $c := .cmlfs -}}
 - name: cmlfs-run
   mountPath: /run/cmlfs
-{{- if $c.kbsCA.configMapName }}
-- name: cmlfs-kbs-ca
-  mountPath: /etc/cmlfs/kbs-ca
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+- name: cmlfs-{{ .flag }}
+  mountPath: /etc/cmlfs/{{ .flag }}
   readOnly: true
 {{- end }}
 {{- if $c.storeCredentials.headerFileSecret.name }}
@@ -113,10 +126,10 @@ becomes:
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
-{{- with $c.kbsCA.configMapName }}
-- name: cmlfs-kbs-ca
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+- name: cmlfs-{{ .flag }}
   configMap:
-    name: {{ . }}
+    name: {{ .configMapName }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - name: cmlfs-store-headers
