@@ -308,8 +308,8 @@ def broker_error(response: requests.Response, what: str) -> BrokerError:
         isinstance(info, dict)
         and isinstance(info.get("type"), str)
         and isinstance(info.get("detail"), str)
+        and (variant := error_variant(info["type"])) is not None
     ):
-        variant = error_variant(info["type"])
         detail = _one_line(info["detail"])
         hint = _HINTS.get(variant, "")
         return BrokerError(f"{what} refused: {variant}: {detail}{hint}", variant, status)

@@ -41,6 +41,7 @@ TEE_TYPES = frozenset(
 DEFAULT_HASH = "sha384"
 HASH_ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 # Trustee's resource plugin accepts each of <repo>/<type>/<tag> only in this shape.
+_VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _SEGMENT = re.compile(r"[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-.]*")
 
 E = TypeVar("E", bound=CmlfsError)
@@ -76,9 +77,11 @@ def error_type(variant: str) -> str:
     return ERROR_TYPE_PREFIX + variant
 
 
-def error_variant(type_url: str) -> str:
-    """``PolicyDeny`` from ``https://github.com/confidential-containers/kbs/errors/PolicyDeny``."""
-    return type_url.rsplit("/", 1)[-1]
+def error_variant(type_url: str) -> str | None:
+    """``PolicyDeny`` from ``https://github.com/confidential-containers/kbs/errors/PolicyDeny``;
+    None when the last segment is not an identifier (it would go into messages and logs)."""
+    variant = type_url.rsplit("/", 1)[-1]
+    return variant if _VARIANT.fullmatch(variant) else None
 
 
 def b64url_encode(data: bytes) -> str:
