@@ -6,6 +6,8 @@ callers never see a short read as data.
 """
 
 import re
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +121,51 @@ def read_whole(store: "Store", name: str, limit: int) -> bytes:
     if size > limit:
         raise StoreError(f"{name}: {size} bytes is more than the {limit} allowed")
     return store.read_range(name, 0, size)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a store first saw of an object: later answers must agree with it."""
+
+    size: int
+    etag: str | None
+
+
+class RangedStore(ABC):
+    """What the network stores share: an object's identity is looked up once (its size,
+    maybe an ETag) and every read is a range checked against it, so an object replaced
+    under a running mount fails its reads instead of mixing versions."""
+
+    def __init__(self) -> None:
+        self._identities: dict[str, Identity] = {}
+        self._identities_lock = threading.Lock()
+
+    def size(self, name: str) -> int:
+        return self._identity(name).size
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        identity = self._identity(name)
+        check_range(name, offset, length, identity.size)
+        if length == 0:
+            return b""
+        return self._read(name, offset, length, identity)
+
+    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
+        return read_whole(self, name, limit)
+
+    def _identity(self, name: str) -> Identity:
+        identity = self._identities.get(name)
+        if identity is None:
+            identity = self._look_up(name)
+            with self._identities_lock:
+                identity = self._identities.setdefault(name, identity)
+        return identity
+
+    @abstractmethod
+    def _look_up(self, name: str) -> Identity:
+        """The identity of ``name`` as the store reports it now (retried as needed)."""
+
+    @abstractmethod
+    def _read(self, name: str, offset: int, length: int, identity: Identity) -> bytes:
+        """Exactly ``length`` bytes of ``name`` from ``offset``, checked against ``identity``
+        (retried as needed)."""

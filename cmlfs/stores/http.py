@@ -13,8 +13,6 @@ Never puts a header value, a query string or a credential in a message or log.
 
 import re
 import ssl
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,15 +22,14 @@ from requests.adapters import HTTPAdapter
 
 from cmlfs.errors import StoreError
 from cmlfs.stores.base import (
-    MAX_WHOLE_READ,
+    Identity,
     ListingUnsupported,
     ObjectChanged,
     ObjectMissing,
     Progress,
+    RangedStore,
     StoreSettings,
     check_name,
-    check_range,
-    read_whole,
 )
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
@@ -41,14 +38,6 @@ MAX_OBJECT_SIZE = 1 << 50  # refuse absurd sizes a hostile server might announce
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,16})-([0-9]{1,16})/([0-9]{1,16})")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _LENGTH = re.compile(r"[0-9]{1,16}")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a store first saw of an object: later answers must agree with it."""
-
-    size: int
-    etag: str | None
 
 
 def _is_length(value: str) -> bool:
@@ -266,10 +255,11 @@ def status_error(response: requests.Response) -> StoreError:
     return StoreError(f"unexpected HTTP status {status}")
 
 
-class HttpStore:
+class HttpStore(RangedStore):
     """A read-only store at an ``http(s)://`` base URL."""
 
     def __init__(self, base_url: str, settings: StoreSettings) -> None:
+        super().__init__()
         try:
             parts = urlsplit(base_url)
             parts.port  # noqa: B018 - validates the port
@@ -287,28 +277,9 @@ class HttpStore:
         self._parts = parts._replace(path=parts.path.rstrip("/"), fragment="")
         self._headers = dict(settings.headers)
         self._transport = HttpTransport(settings)
-        self._identities: dict[str, Identity] = {}
-        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return safe_url(urlunsplit(self._parts))
-
-    def size(self, name: str) -> int:
-        return self._identity(name).size
-
-    def read_range(self, name: str, offset: int, length: int) -> bytes:
-        identity = self._identity(name)
-        check_range(name, offset, length, identity.size)
-        if length == 0:
-            return b""
-        url = self._url(name)
-        return self._transport.retry.call(
-            name,
-            lambda: self._transport.get_range(url, offset, length, identity, self._headers),
-        )
-
-    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        return read_whole(self, name, limit)
 
     def list(self) -> list[str]:
         raise ListingUnsupported(f"{self.describe()}: an HTTP store cannot list its objects")
@@ -325,14 +296,16 @@ class HttpStore:
     def _url(self, name: str) -> str:
         return urlunsplit(self._parts._replace(path=f"{self._parts.path}/{check_name(name)}"))
 
-    def _identity(self, name: str) -> Identity:
-        identity = self._identities.get(name)
-        if identity is None:
-            url = self._url(name)
-            identity = self._transport.retry.call(name, lambda: self._head(url))
-            with self._lock:
-                identity = self._identities.setdefault(name, identity)
-        return identity
+    def _look_up(self, name: str) -> Identity:
+        url = self._url(name)
+        return self._transport.retry.call(name, lambda: self._head(url))
+
+    def _read(self, name: str, offset: int, length: int, identity: Identity) -> bytes:
+        url = self._url(name)
+        return self._transport.retry.call(
+            name,
+            lambda: self._transport.get_range(url, offset, length, identity, self._headers),
+        )
 
     def _head(self, url: str) -> Identity:
         response = self._transport.send("HEAD", url, self._headers, allow_redirects=True)

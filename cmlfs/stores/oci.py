@@ -31,17 +31,16 @@ from cmlfs.errors import StoreError
 from cmlfs.manifest import MAX_MANIFEST_LEN
 from cmlfs.stores.base import (
     MAX_WHOLE_READ,
+    Identity,
     ObjectMissing,
     Progress,
+    RangedStore,
     StoreSettings,
     check_name,
-    check_range,
-    read_whole,
 )
 from cmlfs.stores.http import (
     MAX_OBJECT_SIZE,
     HttpTransport,
-    Identity,
     Unauthorized,
     safe_url,
     status_error,
@@ -232,10 +231,11 @@ class _ProgressReader:
         return data
 
 
-class OciStore:
+class OciStore(RangedStore):
     """Objects of one cmlfs artifact in an OCI registry (read; and push to a tag)."""
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
+        super().__init__()
         self.ref = parse_reference(url)
         self._settings = settings
         scheme = "http" if settings.insecure_http else "https"
@@ -252,23 +252,8 @@ class OciStore:
     def describe(self) -> str:
         return str(self.ref)
 
-    def size(self, name: str) -> int:
-        return self._descriptor(name).size
-
-    def read_range(self, name: str, offset: int, length: int) -> bytes:
-        descriptor = self._descriptor(name)
-        check_range(name, offset, length, descriptor.size)
-        if length == 0:
-            return b""
-        url = f"{self._base}/blobs/{descriptor.digest}"
-        identity = Identity(descriptor.size, None)
-        return self._call(
-            name,
-            lambda auth: self._transport.get_range(url, offset, length, identity, auth),
-        )
-
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        data = read_whole(self, name, limit)
+        data = super().read_all(name, limit)
         if "sha256:" + hashlib.sha256(data).hexdigest() != self._descriptor(name).digest:
             raise StoreError(f"{name}: the registry returned bytes that do not match the digest")
         return data
@@ -331,6 +316,16 @@ class OciStore:
         self._transport.close()
 
     # --- reading the artifact -------------------------------------------------------------
+
+    def _look_up(self, name: str) -> Identity:
+        return Identity(self._descriptor(name).size, None)  # the digest pins the content
+
+    def _read(self, name: str, offset: int, length: int, identity: Identity) -> bytes:
+        url = f"{self._base}/blobs/{self._descriptor(name).digest}"
+        return self._call(
+            name,
+            lambda auth: self._transport.get_range(url, offset, length, identity, auth),
+        )
 
     def _descriptor(self, name: str) -> Descriptor:
         descriptor = self._artifact().get(check_name(name))

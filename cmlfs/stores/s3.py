@@ -9,21 +9,19 @@ botocore's own retries are switched off so every store retries the same way
 seen, so an object replaced under a running mount fails its reads.
 """
 
-import threading
 from pathlib import Path
 
 from cmlfs.errors import StoreError
 from cmlfs.stores.base import (
-    MAX_WHOLE_READ,
+    Identity,
     ObjectChanged,
     ObjectMissing,
     Progress,
+    RangedStore,
     StoreSettings,
     check_name,
-    check_range,
-    read_whole,
 )
-from cmlfs.stores.http import POOL_SIZE, Identity, parse_content_range, tls_error
+from cmlfs.stores.http import POOL_SIZE, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
@@ -42,10 +40,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-class S3Store:
+class S3Store(RangedStore):
     """Objects ``PREFIX/manifest.cmlfs`` and ``PREFIX/blobs/<sha256>`` in one bucket."""
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
+        super().__init__()
         try:
             import boto3
             from boto3.s3.transfer import TransferConfig
@@ -66,24 +65,9 @@ class S3Store:
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
         )
         self._retry = RetryPolicy(attempts=settings.attempts)
-        self._identities: dict[str, Identity] = {}
-        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
-
-    def size(self, name: str) -> int:
-        return self._identity(name).size
-
-    def read_range(self, name: str, offset: int, length: int) -> bytes:
-        identity = self._identity(name)
-        check_range(name, offset, length, identity.size)
-        if length == 0:
-            return b""
-        return self._retry.call(name, lambda: self._get(name, offset, length, identity))
-
-    def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
-        return read_whole(self, name, limit)
 
     def list(self) -> list[str]:
         def collect() -> list[str]:
@@ -131,13 +115,11 @@ class S3Store:
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
 
-    def _identity(self, name: str) -> Identity:
-        identity = self._identities.get(name)
-        if identity is None:
-            identity = self._retry.call(name, lambda: self._head(name))
-            with self._lock:
-                identity = self._identities.setdefault(name, identity)
-        return identity
+    def _look_up(self, name: str) -> Identity:
+        return self._retry.call(name, lambda: self._head(name))
+
+    def _read(self, name: str, offset: int, length: int, identity: Identity) -> bytes:
+        return self._retry.call(name, lambda: self._get(name, offset, length, identity))
 
     def _present(self, name: str, size: int) -> bool:
         """Whether a blob of this size is already there (blobs are content-addressed)."""

@@ -23,8 +23,8 @@ from cmlfs.format.header import BLOB_MAGIC, BlobHeader
 from cmlfs.format.layout import HEADER_LEN, MAX_PLAINTEXT_SIZE
 from cmlfs.keys import FileKeySource
 from cmlfs.manifest import MANIFEST_MAGIC, MANIFEST_NAME, MAX_MANIFEST_LEN, read_envelope
-from cmlfs.stores.base import StoreSettings
-from cmlfs.stores.http import HttpStore, HttpTransport, Identity, parse_content_range
+from cmlfs.stores.base import Identity, StoreSettings
+from cmlfs.stores.http import HttpStore, HttpTransport, parse_content_range
 from tests.fuzz import targets
 
 pytestmark = pytest.mark.hardening
