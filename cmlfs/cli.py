@@ -108,6 +108,15 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    from cmlfs.workers import MAX_WORKERS
+
+    count = _count(text)
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"workers must be 1 to {MAX_WORKERS}, not {count}")
+    return count
+
+
 def _key_id(text: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", text):
         raise argparse.ArgumentTypeError("a key id is 32 lowercase hex digits")
@@ -495,6 +504,7 @@ def _mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
         store_settings=_store_settings(args),
         fetch_bytes=args.fetch_size,
         threads=args.threads,
+        workers=args.workers,
         disk_cache=args.disk_cache.absolute() if args.disk_cache else None,
         disk_cache_bytes=args.disk_cache_size,
         key_settings=_key_settings(args),
@@ -607,6 +617,14 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker threads for store reads and decryption; 0 runs them on the daemon's "
         "event loop (default: 0 for a local folder, 8 for a network store)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="processes serving a mount from a store folder, each decrypting on its own "
+        "core with 1/N of the cache (default 1; 2 reads ~1.5x faster on 2 cores)",
     )
     p.add_argument(
         "--disk-cache",

@@ -40,8 +40,9 @@ from cmlfs.manifest import (
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import DEFAULT_RUN_BYTES
-from cmlfs.stores import LocalStore, Store, StoreSettings, open_store
+from cmlfs.stores import LocalStore, Store, StoreSettings, names_folder, open_store
 from cmlfs.stores.diskcache import DiskCache
+from cmlfs.workers import WorkerBoard, WorkerSet, answer_init, fork_worker
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
     from cmlfs.status import StatusServer, StatusSettings
@@ -83,6 +84,7 @@ class MountSettings:
     key_settings: KeySettings = field(default_factory=KeySettings)
     expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
     status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
+    workers: int = 1  # >1: worker processes serve a store folder (cmlfs.workers)
 
 
 def disable_core_dumps() -> None:
@@ -200,6 +202,11 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     lock_memory(settings.cache_bytes)
     if not settings.mountpoint.is_dir():
         raise MountError(f"mount point {settings.mountpoint} is not a folder")
+    if settings.workers > 1 and not names_folder(settings.store):
+        raise MountError(
+            "--workers serves a store folder only: a network store is read by one process, "
+            "whose fetches and prefetch share one cache"
+        )
     if clear_stale_mount(settings.mountpoint):
         log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
     store, manifest, key = open_model(
@@ -209,13 +216,14 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         settings.key_settings,
         settings.expected_key_id,
     )
+    board = WorkerBoard(settings.workers) if settings.workers > 1 else None
     reader = _reader(settings, store, manifest, key)
     operations = ModelFs(manifest, reader)
     status = None
     if settings.status:
         from cmlfs.status import StatusServer
 
-        status = StatusServer(settings.status, settings.mountpoint, reader)
+        status = StatusServer(settings.status, settings.mountpoint, board or reader)
     options = set(pyfuse3.default_options) | {"fsname=cmlfs", "subtype=cmlfs", "ro", "noatime"}
     if settings.allow_other:
         options.add("allow_other")
@@ -231,7 +239,23 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     )
     unmount = True
     try:
-        trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
+        if board is None:
+            trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
+        else:
+            answer_init(operations)
+            budget = reader.cache.budget
+            workers = WorkerSet(
+                [
+                    fork_worker(slot, board, reader, lambda: lock_memory(budget))
+                    for slot in range(board.workers)
+                ]
+            )
+            log.info("event=workers_started pids=%s", ",".join(map(str, workers.pids)))
+            try:
+                trio.run(_serve_until_stopped, settings.mountpoint, notify, status, workers)
+            finally:
+                workers.stop()
+                workers.close()
     except BaseException:
         log.exception("event=daemon_failed")
         raise
@@ -260,7 +284,7 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
         manifest,
         store,
         key,
-        cache_bytes=settings.cache_bytes,
+        cache_bytes=settings.cache_bytes // settings.workers,  # each worker has its own
         run_bytes=settings.fetch_bytes or (DEFAULT_RUN_BYTES if local else REMOTE_RUN_BYTES),
         threads=threads or None,
         prefetch_bytes=REMOTE_PREFETCH_BYTES,
@@ -270,33 +294,41 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
 
 
 async def _serve_until_stopped(
-    mountpoint: Path, notify: Notify, status: "StatusServer | None"
+    mountpoint: Path,
+    notify: Notify,
+    status: "StatusServer | None",
+    workers: WorkerSet | None = None,
 ) -> None:
+    """Serve the mount here, or with ``workers`` supervise the processes that serve it."""
+    stop = pyfuse3.terminate if workers is None else workers.stop
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_stop_on_signal, stop)
         if status is not None:
             nursery.start_soon(status.serve)
             notify = status.notifier(notify)
-        nursery.start_soon(_announce_ready, mountpoint, notify)
-        await pyfuse3.main()
+        nursery.start_soon(_announce_ready, mountpoint, notify, stop)
+        if workers is None:
+            await pyfuse3.main()
+        else:
+            await workers.wait()
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(stop: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("event=signal signal=%s", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            stop()
             return
 
 
-async def _announce_ready(mountpoint: Path, notify: Notify) -> None:
+async def _announce_ready(mountpoint: Path, notify: Notify, stop: Callable[[], None]) -> None:
     """Wait until the kernel answers for the mount, tune it, then report readiness."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     entry = mount_entry(mountpoint)
     if entry is None or entry.fstype != FS_TYPE:
         notify(f"the mount at {mountpoint} did not appear")
-        pyfuse3.terminate()
+        stop()
         return
     if os.geteuid() == 0:
         await trio.to_thread.run_sync(tune_connection, mountpoint)

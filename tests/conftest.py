@@ -119,19 +119,36 @@ def encrypted_model(tmp_path: Path, sample_model, key_file: Path):
 
 
 def daemon_pid(mountpoint: Path) -> int:
-    """The pid of the cmlfs daemon serving ``mountpoint``: the process that names it on its
-    command line and holds /dev/fuse open (the CLI that started it has exited)."""
+    """The pid of the cmlfs daemon serving ``mountpoint`` (with ``--workers``, the supervisor)."""
+    pids = serving_pids(mountpoint)
+    supervisors = [pid for pid, parent in pids.items() if parent not in pids]
+    if len(supervisors) != 1:
+        raise AssertionError(f"no single cmlfs daemon serves {mountpoint}: {pids}")
+    return supervisors[0]
+
+
+def worker_pids(mountpoint: Path) -> list[int]:
+    """The worker processes of a ``--workers`` mount (children of its daemon)."""
+    pids = serving_pids(mountpoint)
+    return sorted(pid for pid, parent in pids.items() if parent in pids)
+
+
+def serving_pids(mountpoint: Path) -> dict[int, int]:
+    """pid -> parent pid of every process that names ``mountpoint`` on its command line and
+    holds /dev/fuse open (the CLI that started the daemon has exited)."""
     target = os.fsencode(str(mountpoint))
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             if b"cmlfs" in argv and target in argv and _holds_fuse_device(proc):
-                return int(proc.name)
+                stat = (proc / "stat").read_text()
+                found[int(proc.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
         except OSError:
             continue
-    raise AssertionError(f"no cmlfs daemon serves {mountpoint}")
+    return found
 
 
 def _holds_fuse_device(proc: Path) -> bool:

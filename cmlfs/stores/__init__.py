@@ -16,7 +16,7 @@ def open_store(location: str, settings: StoreSettings | None = None, create: boo
     """The store a STORE argument names: a folder path, ``file://``, ``http(s)://``,
     ``s3://`` or ``oci://`` URL. ``create`` makes a missing local folder (push)."""
     settings = settings or StoreSettings()
-    scheme = location.split("://", 1)[0].lower() if "://" in location else ""
+    scheme = _scheme(location)
     if scheme in ("", "file"):
         root = Path(location.removeprefix("file://"))
         if create:
@@ -37,4 +37,13 @@ def open_store(location: str, settings: StoreSettings | None = None, create: boo
     raise StoreError(f"unsupported store URL scheme {scheme!r}")
 
 
-__all__ = ["LocalStore", "Store", "StoreError", "StoreSettings", "open_store"]
+def names_folder(location: str) -> bool:
+    """Whether a STORE argument names a local folder (a path or a ``file://`` URL)."""
+    return _scheme(location) in ("", "file")
+
+
+def _scheme(location: str) -> str:
+    return location.split("://", 1)[0].lower() if "://" in location else ""
+
+
+__all__ = ["LocalStore", "Store", "StoreError", "StoreSettings", "names_folder", "open_store"]

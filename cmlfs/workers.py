@@ -1,0 +1,221 @@
+"""Worker processes: several interpreters serving one FUSE mount from a store folder.
+
+The daemon's one Python thread caps a mount at what one core decrypts and answers
+(tink holds the GIL). With ``--workers N`` the daemon mounts and answers the kernel's
+INIT itself, then forks N workers. Each opens its own ``/dev/fuse`` cloned from the
+mount's (``FUSE_DEV_IOC_CLONE``): the kernel hands every request to whichever worker
+reads it first and takes the answer from that same file, so workers share nothing but
+the mount. Each worker has its own reader and chunk cache (the budget split N ways),
+which suits a folder store, where a read fetches exactly the chunks it misses; network
+stores keep one process, whose fetches and prefetch must share one cache.
+
+The forking process stays as the supervisor: it serves status, reports readiness,
+forwards SIGTERM to the workers and unmounts once they are gone. Workers publish their
+counters to a shared-memory ``WorkerBoard`` the supervisor's metrics add up.
+"""
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import mmap
+import os
+import signal
+import struct
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from cmlfs.reader import ModelReader
+from cmlfs.reader.reader import READ_SECONDS_BOUNDS, LatencyHistogram, ReaderStats
+
+log = logging.getLogger("cmlfs.workers")
+
+MAX_WORKERS = 16
+PUBLISH_SECONDS = 0.25  # how stale the supervisor's metrics may be
+_FUSE_DEV_IOC_CLONE = 0x8004E500  # _IOR(229, 0, uint32_t), linux/fuse.h
+_PR_SET_PDEATHSIG = 1
+_STAT_FIELDS = (
+    "bytes_read",
+    "chunks_decrypted",
+    "bytes_decrypted",
+    "store_requests",
+    "integrity_failures",
+    "store_errors",
+)
+_CACHE_FIELDS = ("hits", "misses", "evictions", "used", "budget")
+# One slot per worker: reader counters, latency bucket counts, cache counters, then the
+# summed read seconds.
+_SLOT = struct.Struct(f"<{len(_STAT_FIELDS)}q{len(READ_SECONDS_BOUNDS) + 1}q{len(_CACHE_FIELDS)}qd")
+
+
+@dataclass
+class CacheCounters:
+    """The chunk-cache figures metrics report, added up over workers."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    used: int = 0
+    budget: int = 0
+
+
+class WorkerBoard:
+    """Counters of every worker in one shared anonymous mapping made before the fork.
+
+    Each worker writes only its own slot; the supervisor reads all of them. ``stats``
+    and ``cache`` have the shape of a reader's, so status and metrics serve either.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._memory = mmap.mmap(-1, _SLOT.size * workers)  # MAP_SHARED | MAP_ANONYMOUS
+
+    def publish(self, slot: int, reader: ModelReader) -> None:
+        stats, cache = reader.stats, reader.cache
+        _SLOT.pack_into(
+            self._memory,
+            slot * _SLOT.size,
+            *(getattr(stats, name) for name in _STAT_FIELDS),
+            *stats.read_seconds.counts,
+            *(getattr(cache, name) for name in _CACHE_FIELDS),
+            stats.read_seconds.total_seconds,
+        )
+
+    @property
+    def stats(self) -> ReaderStats:
+        total = ReaderStats()
+        counts = total.read_seconds.counts
+        for values in self._slots():
+            for i, name in enumerate(_STAT_FIELDS):
+                setattr(total, name, getattr(total, name) + values[i])
+            first = len(_STAT_FIELDS)
+            for i in range(len(counts)):
+                counts[i] += values[first + i]
+            total.read_seconds.total_seconds += values[-1]
+        return total
+
+    @property
+    def cache(self) -> CacheCounters:
+        total = CacheCounters()
+        first = len(_STAT_FIELDS) + len(LatencyHistogram().counts)
+        for values in self._slots():
+            for i, name in enumerate(_CACHE_FIELDS):
+                setattr(total, name, getattr(total, name) + values[first + i])
+        return total
+
+    def _slots(self) -> list[tuple]:
+        return [_SLOT.unpack_from(self._memory, i * _SLOT.size) for i in range(self.workers)]
+
+
+def answer_init(operations: pyfuse3.Operations) -> None:
+    """Serve the mount until the kernel's INIT is answered, then return with no trio run
+    left: a worker forked now starts a fresh trio run on an initialized session."""
+
+    async def until_init() -> None:
+        with trio.CancelScope() as scope:
+            operations.init = scope.cancel  # pyfuse3 calls it while answering INIT
+            await pyfuse3.main()
+
+    try:
+        trio.run(until_init)
+    finally:
+        del operations.init
+
+
+def fuse_device_fd() -> int:
+    """The descriptor of this process's ``/dev/fuse`` (pyfuse3 keeps it private)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                return int(name)
+        except OSError:
+            continue
+    raise RuntimeError("this process holds no /dev/fuse descriptor")
+
+
+def fork_worker(slot: int, board: WorkerBoard, reader: ModelReader, prepare) -> int:
+    """Fork worker ``slot``; return its pid. The child never returns from here.
+
+    ``prepare()`` runs first in the child (memory locking is not inherited by a fork).
+    """
+    fuse_fd = fuse_device_fd()
+    supervisor = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != supervisor:  # the supervisor died before prctl took effect
+            os._exit(1)
+        prepare()
+        clone = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.ioctl(clone, _FUSE_DEV_IOC_CLONE, struct.pack("I", fuse_fd))
+        os.dup2(clone, fuse_fd, inheritable=False)  # pyfuse3's session now reads the clone
+        os.close(clone)
+        trio.run(_work, slot, board, reader)
+        code = 0
+    except BaseException:
+        log.exception("event=worker_failed worker=%d", slot)
+    finally:
+        os._exit(code)  # never run the supervisor's cleanup (unmount) in a worker
+
+
+async def _work(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_terminate_on_signal)
+        nursery.start_soon(_publish, slot, board, reader)
+        try:
+            await pyfuse3.main()
+        finally:
+            board.publish(slot, reader)
+        nursery.cancel_scope.cancel()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+async def _publish(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
+    while True:
+        board.publish(slot, reader)
+        await trio.sleep(PUBLISH_SECONDS)
+
+
+class WorkerSet:
+    """The supervisor's handles on its workers: pidfds, so a signal never reaches a pid the
+    system has reused for another process after a worker exited."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._fds = {pid: os.pidfd_open(pid) for pid in pids}
+
+    def stop(self) -> None:
+        """Ask every worker still running to finish (SIGTERM)."""
+        for fd in self._fds.values():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+
+    async def wait(self) -> None:
+        """Return once every worker has exited (each exit logged and reaped)."""
+        async with trio.open_nursery() as nursery:
+            for pid in self.pids:
+                nursery.start_soon(self._wait_for, pid)
+
+    async def _wait_for(self, pid: int) -> None:
+        await trio.lowlevel.wait_readable(self._fds[pid])
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        level = logging.INFO if code == 0 else logging.WARNING
+        log.log(level, "event=worker_exited pid=%d code=%d", pid, code)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
