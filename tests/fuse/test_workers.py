@@ -1,8 +1,9 @@
 """``--workers``: several processes serving one mount, through real mounts.
 
-Reads from many threads at once return the plaintext and spread over the workers;
-a tampered chunk still reads as EIO; losing a worker leaves the others serving;
-SIGTERM to the daemon stops every worker and unmounts; metrics add up all workers.
+Reads from many threads at once return the plaintext and spread over the workers,
+which hold the key as the daemon does (no core dumps, locked memory); a tampered
+chunk still reads as EIO; losing a worker leaves the others serving; SIGTERM to the
+daemon stops every worker and unmounts; metrics add up all workers.
 """
 
 import errno
@@ -19,6 +20,7 @@ from cmlfs.manifest import MANIFEST_NAME, open_manifest
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import daemon_pid, mounted, run_cli, worker_pids
 from tests.deploy.conftest import metrics, status_url
+from tests.hardening.stress import core_dump_limit, proc_status
 
 pytestmark = pytest.mark.fuse
 
@@ -67,6 +69,10 @@ def test_workers_serve_the_plaintext_together(store, tmp_path):
                 assert read_in_pieces(mnt / name, len(data)) == data
             Path("/proc/sys/vm/drop_caches").write_text("1\n")
         assert all(cpu_ticks(pid) > before[pid] for pid in workers), "a worker served nothing"
+        for pid in workers:  # each holds the key: no core dump, memory locked (root)
+            assert core_dump_limit(pid) == ["0", "0"]
+            if os.geteuid() == 0:
+                assert proc_status(pid, "VmLck") > 0
 
 
 def test_a_tampered_chunk_reads_as_eio_in_any_worker(store, tmp_path):
