@@ -242,20 +242,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         if board is None:
             trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
         else:
-            answer_init(operations)
-            budget = reader.cache.budget
-            workers = WorkerSet(
-                [
-                    fork_worker(slot, board, reader, lambda: lock_memory(budget))
-                    for slot in range(board.workers)
-                ]
-            )
-            log.info("event=workers_started pids=%s", ",".join(map(str, workers.pids)))
-            try:
-                trio.run(_serve_until_stopped, settings.mountpoint, notify, status, workers)
-            finally:
-                workers.stop()
-                workers.close()
+            _supervise(settings, notify, status, operations, reader, board)
     except BaseException:
         log.exception("event=daemon_failed")
         raise
@@ -266,6 +253,38 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         if status is not None:
             status.close()
         log.info("event=unmounted mountpoint=%s", settings.mountpoint)
+
+
+def _supervise(
+    settings: MountSettings,
+    notify: Notify,
+    status: "StatusServer | None",
+    operations: ModelFs,
+    reader: ModelReader,
+    board: WorkerBoard,
+) -> None:
+    """Answer the kernel's INIT, fork the workers, and supervise them until they are gone.
+
+    Workers that exit while the mount stays, without a signal or an unmount asking them
+    to, make the daemon fail (and unmount), so that systemd or Kubernetes restarts it.
+    """
+    answer_init(operations)
+    budget = reader.cache.budget
+    workers = WorkerSet(
+        [
+            fork_worker(slot, board, reader, lambda: lock_memory(budget))
+            for slot in range(board.workers)
+        ]
+    )
+    log.info("event=workers_started pids=%s", ",".join(map(str, workers.pids)))
+    try:
+        trio.run(_serve_until_stopped, settings.mountpoint, notify, status, workers)
+        lost = not workers.stopped and mount_entry(settings.mountpoint) is not None
+    finally:
+        workers.stop()
+        workers.close()
+    if lost:
+        raise MountError("every worker process exited while mounted")
 
 
 def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: bytes) -> ModelReader:

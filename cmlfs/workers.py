@@ -194,10 +194,12 @@ class WorkerSet:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
+        self.stopped = False  # stop() was called: the workers were asked to exit
         self._fds = {pid: os.pidfd_open(pid) for pid in pids}
 
     def stop(self) -> None:
         """Ask every worker still running to finish (SIGTERM)."""
+        self.stopped = True
         for fd in self._fds.values():
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGTERM)

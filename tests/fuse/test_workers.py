@@ -120,6 +120,25 @@ def test_a_lost_worker_leaves_the_others_serving_and_sigterm_stops_all(store, tm
             assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the mount"
 
 
+def test_losing_every_worker_fails_the_daemon_and_unmounts(store, tmp_path):
+    path, key, _ = store
+    log = tmp_path / "daemon.log"
+    with mounted(
+        path, tmp_path / "mnt", "--key-file", key, "--workers", "2", "--log-file", log
+    ) as mnt:
+        supervisor = daemon_pid(mnt)
+        for pid in worker_pids(mnt):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{supervisor}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{supervisor}").exists()
+        assert mount_entry(mnt) is None  # unmounted, not left as a dead mount
+    text = log.read_text()
+    assert "every worker process exited while mounted" in text
+    assert "event=unmounted" in text
+
+
 def test_metrics_add_up_every_worker(store, tmp_path):
     path, key, contents = store
     args = ("--key-file", key, "--workers", "2", "--http", "127.0.0.1:0", "--cache-size", "8M")
