@@ -9,6 +9,7 @@ returns once the mount is ready, or raises with the daemon's reason.
 """
 
 import ctypes
+import functools
 import hmac
 import logging
 import os
@@ -272,7 +273,10 @@ def _supervise(
     budget = reader.cache.budget
     workers = WorkerSet(
         [
-            fork_worker(slot, board, reader, lambda: lock_memory(budget))
+            fork_worker(
+                lambda: lock_memory(budget),
+                functools.partial(trio.run, _serve_worker, slot, board, reader),
+            )
             for slot in range(board.workers)
         ]
     )
@@ -330,6 +334,18 @@ async def _serve_until_stopped(
             await pyfuse3.main()
         else:
             await workers.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
+    """A worker's loop: serve FUSE requests, keep its counters on the board."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
+        nursery.start_soon(board.keep_published, slot, reader)
+        try:
+            await pyfuse3.main()
+        finally:
+            board.publish(slot, reader)
         nursery.cancel_scope.cancel()
 
 

@@ -22,6 +22,7 @@ import mmap
 import os
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
@@ -105,6 +106,12 @@ class WorkerBoard:
                 setattr(total, name, getattr(total, name) + values[first + i])
         return total
 
+    async def keep_published(self, slot: int, reader: ModelReader) -> None:
+        """Publish ``reader``'s counters every PUBLISH_SECONDS (until cancelled)."""
+        while True:
+            self.publish(slot, reader)
+            await trio.sleep(PUBLISH_SECONDS)
+
     def _slots(self) -> list[tuple]:
         return [_SLOT.unpack_from(self._memory, i * _SLOT.size) for i in range(self.workers)]
 
@@ -135,10 +142,10 @@ def fuse_device_fd() -> int:
     raise RuntimeError("this process holds no /dev/fuse descriptor")
 
 
-def fork_worker(slot: int, board: WorkerBoard, reader: ModelReader, prepare) -> int:
-    """Fork worker ``slot``; return its pid. The child never returns from here.
-
-    ``prepare()`` runs first in the child (memory locking is not inherited by a fork).
+def fork_worker(prepare: Callable[[], object], serve: Callable[[], object]) -> int:
+    """Fork a worker; return its pid. The child never returns from here: it runs
+    ``prepare()`` (memory locking is not inherited by a fork), switches pyfuse3's session
+    to its own clone of the FUSE device, runs ``serve()`` and exits.
     """
     fuse_fd = fuse_device_fd()
     supervisor = os.getpid()
@@ -156,36 +163,12 @@ def fork_worker(slot: int, board: WorkerBoard, reader: ModelReader, prepare) -> 
         fcntl.ioctl(clone, _FUSE_DEV_IOC_CLONE, struct.pack("I", fuse_fd))
         os.dup2(clone, fuse_fd, inheritable=False)  # pyfuse3's session now reads the clone
         os.close(clone)
-        trio.run(_work, slot, board, reader)
+        serve()
         code = 0
     except BaseException:
-        log.exception("event=worker_failed worker=%d", slot)
+        log.exception("event=worker_failed")
     finally:
         os._exit(code)  # never run the supervisor's cleanup (unmount) in a worker
-
-
-async def _work(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_terminate_on_signal)
-        nursery.start_soon(_publish, slot, board, reader)
-        try:
-            await pyfuse3.main()
-        finally:
-            board.publish(slot, reader)
-        nursery.cancel_scope.cancel()
-
-
-async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for _ in signals:
-            pyfuse3.terminate()
-            return
-
-
-async def _publish(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
-    while True:
-        board.publish(slot, reader)
-        await trio.sleep(PUBLISH_SECONDS)
 
 
 class WorkerSet:
