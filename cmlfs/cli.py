@@ -624,7 +624,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="processes serving a mount from a store folder, each decrypting on its own "
-        "core with 1/N of the cache (default 1; 2 reads ~1.5x faster on 2 cores)",
+        "core with 1/N of the cache (default 1; more help where cores are free)",
     )
     p.add_argument(
         "--disk-cache",
