@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -38,6 +39,9 @@ from cmlfs.errors import MountError
 from cmlfs.mountpoint import FS_TYPE, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.units import format_size
+
+if TYPE_CHECKING:  # the status command imports this module without the FUSE stack
+    from cmlfs.workers import WorkerBoard
 
 log = logging.getLogger("cmlfs.status")
 
@@ -135,10 +139,14 @@ class EventCounter(logging.Handler):
 
 
 class MountCollector:
-    """Prometheus collector reading the reader's counters at scrape time (no copies kept)."""
+    """Prometheus collector reading the counters of the reader, or of every worker's (a
+    ``WorkerBoard``), at scrape time (no copies kept)."""
 
     def __init__(
-        self, reader: ModelReader, ready: Callable[[], bool], retries: EventCounter
+        self,
+        reader: "ModelReader | WorkerBoard",
+        ready: Callable[[], bool],
+        retries: EventCounter,
     ) -> None:
         self.reader = reader
         self.ready = ready
@@ -225,7 +233,9 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 class StatusServer:
     """Serves /healthz, /readyz and /metrics for one mount from the daemon's trio loop."""
 
-    def __init__(self, settings: StatusSettings, mountpoint: Path, reader: ModelReader) -> None:
+    def __init__(
+        self, settings: StatusSettings, mountpoint: Path, reader: "ModelReader | WorkerBoard"
+    ) -> None:
         """Bind now, so a busy port refuses the mount before anything is mounted."""
         self.mountpoint = mountpoint
         self.mounted = False  # set once the daemon announced readiness

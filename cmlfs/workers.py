@@ -29,7 +29,7 @@ import pyfuse3
 import trio
 
 from cmlfs.reader import ModelReader
-from cmlfs.reader.reader import READ_SECONDS_BOUNDS, LatencyHistogram, ReaderStats
+from cmlfs.reader.reader import READ_SECONDS_BOUNDS, ReaderStats
 
 log = logging.getLogger("cmlfs.workers")
 
@@ -46,9 +46,10 @@ _STAT_FIELDS = (
     "store_errors",
 )
 _CACHE_FIELDS = ("hits", "misses", "evictions", "used", "budget")
+_BUCKETS = len(READ_SECONDS_BOUNDS) + 1  # the latency histogram's counts
 # One slot per worker: reader counters, latency bucket counts, cache counters, then the
 # summed read seconds.
-_SLOT = struct.Struct(f"<{len(_STAT_FIELDS)}q{len(READ_SECONDS_BOUNDS) + 1}q{len(_CACHE_FIELDS)}qd")
+_SLOT = struct.Struct(f"<{len(_STAT_FIELDS)}q{_BUCKETS}q{len(_CACHE_FIELDS)}qd")
 
 
 @dataclass
@@ -87,12 +88,11 @@ class WorkerBoard:
     @property
     def stats(self) -> ReaderStats:
         total = ReaderStats()
-        counts = total.read_seconds.counts
+        counts, first = total.read_seconds.counts, len(_STAT_FIELDS)
         for values in self._slots():
             for i, name in enumerate(_STAT_FIELDS):
                 setattr(total, name, getattr(total, name) + values[i])
-            first = len(_STAT_FIELDS)
-            for i in range(len(counts)):
+            for i in range(_BUCKETS):
                 counts[i] += values[first + i]
             total.read_seconds.total_seconds += values[-1]
         return total
@@ -100,7 +100,7 @@ class WorkerBoard:
     @property
     def cache(self) -> CacheCounters:
         total = CacheCounters()
-        first = len(_STAT_FIELDS) + len(LatencyHistogram().counts)
+        first = len(_STAT_FIELDS) + _BUCKETS
         for values in self._slots():
             for i, name in enumerate(_CACHE_FIELDS):
                 setattr(total, name, getattr(total, name) + values[first + i])
