@@ -238,7 +238,6 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         store.describe(),
         len(manifest.files),
     )
-    unmount = True
     try:
         if board is None:
             trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
