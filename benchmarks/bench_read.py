@@ -31,7 +31,6 @@ from benchmarks.lib import (
     Measurement,
     cmlfs_command,
     cmlfs_mount,
-    daemon_pids,
     drop_caches,
     gocryptfs_init,
     gocryptfs_mount,
@@ -44,6 +43,7 @@ from benchmarks.lib import (
     timed,
 )
 from cmlfs.units import parse_size
+from tests.conftest import serving_pids
 
 FILE = "weights.bin"
 WORKERS_SUFFIX = "-2w"
@@ -186,7 +186,7 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
                 with open(root / FILE, "rb") as f:
                     f.read(MIB)
                 latency.add(label, time.perf_counter() - start)
-                with Peak(daemon_pids(ws.mnt)) as peak:
+                with Peak(list(serving_pids(ws.mnt))) as peak:
                     read_sequential(root / FILE)
             memory.add(label, peak.value / MIB)
 

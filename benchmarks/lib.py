@@ -120,21 +120,6 @@ def plain_mount(folder: Path) -> Iterator[Path]:
     yield folder
 
 
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """The processes whose command line names ``mountpoint``: the daemon (and its workers)."""
-    target = os.fsencode(str(mountpoint))
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and proc.name != str(os.getpid()):
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if target in argv:
-                pids.append(int(proc.name))
-    return pids
-
-
 def pss(pid: int) -> int:
     """Proportional set size: shared pages (a forked worker's, libraries) counted once overall."""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

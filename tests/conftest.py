@@ -144,11 +144,17 @@ def serving_pids(mountpoint: Path) -> dict[int, int]:
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
             if b"cmlfs" in argv and target in argv and _holds_fuse_device(proc):
-                stat = (proc / "stat").read_text()
-                found[int(proc.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+                found[int(proc.name)] = int(proc_stat(int(proc.name))[1])
         except OSError:
             continue
     return found
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...: proc(5) field 3
+    on is index 0 on)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def _holds_fuse_device(proc: Path) -> bool:

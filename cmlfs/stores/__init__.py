@@ -16,12 +16,12 @@ def open_store(location: str, settings: StoreSettings | None = None, create: boo
     """The store a STORE argument names: a folder path, ``file://``, ``http(s)://``,
     ``s3://`` or ``oci://`` URL. ``create`` makes a missing local folder (push)."""
     settings = settings or StoreSettings()
-    scheme = _scheme(location)
-    if scheme in ("", "file"):
+    if names_folder(location):
         root = Path(location.removeprefix("file://"))
         if create:
             root.mkdir(parents=True, exist_ok=True)
         return LocalStore(root)
+    scheme = _scheme(location)
     if scheme in ("http", "https"):
         from cmlfs.stores.http import HttpStore
 

@@ -18,7 +18,7 @@ import pytest
 from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD
 from cmlfs.manifest import MANIFEST_NAME, open_manifest
 from cmlfs.mountpoint import mount_entry
-from tests.conftest import daemon_pid, mounted, run_cli, worker_pids
+from tests.conftest import daemon_pid, mounted, proc_stat, run_cli, worker_pids
 from tests.deploy.conftest import metrics, status_url
 from tests.hardening.stress import core_dump_limit, proc_status
 
@@ -42,8 +42,7 @@ def store(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
 
 
 def cpu_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = proc_stat(pid)
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
