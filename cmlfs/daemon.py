@@ -337,14 +337,11 @@ async def _serve_until_stopped(
 
 
 async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
-    """A worker's loop: serve FUSE requests, keep its counters on the board."""
+    """A worker's loop: serve FUSE requests, publishing its counters after every read."""
+    reader.after_read = functools.partial(board.publish, slot, reader)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
-        nursery.start_soon(board.keep_published, slot, reader)
-        try:
-            await pyfuse3.main()
-        finally:
-            board.publish(slot, reader)
+        await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 

@@ -34,7 +34,6 @@ from cmlfs.reader.reader import READ_SECONDS_BOUNDS, ReaderStats
 log = logging.getLogger("cmlfs.workers")
 
 MAX_WORKERS = 16
-PUBLISH_SECONDS = 0.25  # how stale the supervisor's metrics may be
 _FUSE_DEV_IOC_CLONE = 0x8004E500  # _IOR(229, 0, uint32_t), linux/fuse.h
 _PR_SET_PDEATHSIG = 1
 _STAT_FIELDS = (
@@ -105,12 +104,6 @@ class WorkerBoard:
             for i, name in enumerate(_CACHE_FIELDS):
                 setattr(total, name, getattr(total, name) + values[first + i])
         return total
-
-    async def keep_published(self, slot: int, reader: ModelReader) -> None:
-        """Publish ``reader``'s counters every PUBLISH_SECONDS (until cancelled)."""
-        while True:
-            self.publish(slot, reader)
-            await trio.sleep(PUBLISH_SECONDS)
 
     def _slots(self) -> list[tuple]:
         return [_SLOT.unpack_from(self._memory, i * _SLOT.size) for i in range(self.workers)]

@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -125,6 +126,9 @@ class ModelReader:
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
         self._inline = inline
+        # Called after every read with the counters up to date: a worker process publishes
+        # them there, since an idle worker's event loop may sit blocked in a FUSE read.
+        self.after_read: Callable[[], object] | None = None
         # Prefetch overlaps store latency with reading, which inline work cannot (measured:
         # background reads in a worker thread cost an inline reader 20-40%); it fills at
         # most half the cache, so the spans being read stay.
@@ -136,7 +140,15 @@ class ModelReader:
         """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).
 
         The result is bytes or a read-only view; never a byte that failed authentication.
+        ``after_read``, when set, runs after every read, failed ones included.
         """
+        try:
+            return await self._read(index, offset, size)
+        finally:
+            if self.after_read is not None:
+                self.after_read()
+
+    async def _read(self, index: int, offset: int, size: int) -> bytes | memoryview:
         started = time.perf_counter()
         layout = self._layouts[index]
         end = min(offset + size, layout.plaintext_size)
