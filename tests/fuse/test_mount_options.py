@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from cmlfs.daemon import READAHEAD_KB
 from tests.conftest import mounted
 
 pytestmark = pytest.mark.fuse
@@ -15,7 +16,7 @@ def test_root_daemon_raises_readahead_and_background_requests(mounted_sample):
     dev = os.stat(mnt).st_dev
     bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
     with open(bdi) as f:
-        assert int(f.read()) == 1024
+        assert int(f.read()) == READAHEAD_KB == 8192
     with open(f"/sys/fs/fuse/connections/{os.minor(dev)}/max_background") as f:
         assert int(f.read()) == 64
 
