@@ -97,7 +97,12 @@ def test_blob_replaced_under_a_running_mount_is_detected(served, tmp_path):
     log = tmp_path / "daemon.log"
     blob = folder / "blobs" / blob_of(store, key, "model.safetensors")
     args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
-    with mounted(url, tmp_path / "mnt", *args) as mnt, open(mnt / "model.safetensors", "rb") as f:
+    with (
+        mounted(url, tmp_path / "mnt", *args) as mnt,
+        open(mnt / "model.safetensors", "rb", buffering=0) as f,
+    ):
+        # No readahead, so chunk 4 is first fetched after the blob is replaced.
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         assert f.read(4096) == contents["model.safetensors"][:4096]
         replacement = blob.with_name("replacement")
         shutil.copyfile(blob, replacement)

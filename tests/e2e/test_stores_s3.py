@@ -1,6 +1,7 @@
 """S3 stores: push to and mount from a real S3-compatible server (moto in server mode)."""
 
 import errno
+import os
 
 import pytest
 
@@ -65,8 +66,10 @@ def test_object_replaced_under_a_running_mount_is_detected(pushed, s3_server, tm
     args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
     with (
         mounted(url, tmp_path / "mnt", *args, env=s3_server.env) as mnt,
-        open(mnt / "model.safetensors", "rb") as f,
+        open(mnt / "model.safetensors", "rb", buffering=0) as f,
     ):
+        # No readahead, so chunk 2 is first fetched after the object is replaced.
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         assert f.read(4096) == contents["model.safetensors"][:4096]
         data = bytearray(client.get_object(Bucket=S3_BUCKET, Key=name)["Body"].read())
         data[-1] ^= 1  # a new version: new ETag, same size
