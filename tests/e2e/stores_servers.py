@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from cryptography import x509
@@ -446,6 +447,14 @@ def blob_of(store: Path, key_file: Path, path: str) -> str:
         (store / MANIFEST_NAME).read_bytes(), FileKeySource(key_file).fetch_key()
     )
     return next(f.blob for f in manifest.files if f.path == path)
+
+
+def open_without_readahead(path: Path) -> BinaryIO:
+    """``path`` opened unbuffered with the kernel's readahead off (``POSIX_FADV_RANDOM``):
+    a read fetches its own chunks only, so later chunks are first fetched when asked for."""
+    f = open(path, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+    return f
 
 
 def assert_reads_back(mnt: Path, src: Path, contents: dict[str, bytes], seed: int = 7) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from cmlfs.format.layout import HEADER_LEN
 from tests.conftest import mounted, run_cli, tree_digests
-from tests.e2e.stores_servers import assert_reads_back, blob_of
+from tests.e2e.stores_servers import assert_reads_back, blob_of, open_without_readahead
 
 pytestmark = pytest.mark.fuse
 
@@ -99,10 +99,8 @@ def test_blob_replaced_under_a_running_mount_is_detected(served, tmp_path):
     args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
     with (
         mounted(url, tmp_path / "mnt", *args) as mnt,
-        open(mnt / "model.safetensors", "rb", buffering=0) as f,
+        open_without_readahead(mnt / "model.safetensors") as f,  # chunk 4 not fetched yet
     ):
-        # No readahead, so chunk 4 is first fetched after the blob is replaced.
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         assert f.read(4096) == contents["model.safetensors"][:4096]
         replacement = blob.with_name("replacement")
         shutil.copyfile(blob, replacement)

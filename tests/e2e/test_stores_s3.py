@@ -1,13 +1,17 @@
 """S3 stores: push to and mount from a real S3-compatible server (moto in server mode)."""
 
 import errno
-import os
 
 import pytest
 
 from cmlfs.format.layout import HEADER_LEN
 from tests.conftest import mounted, run_cli
-from tests.e2e.stores_servers import S3_BUCKET, assert_reads_back, blob_of
+from tests.e2e.stores_servers import (
+    S3_BUCKET,
+    assert_reads_back,
+    blob_of,
+    open_without_readahead,
+)
 
 pytestmark = pytest.mark.fuse
 
@@ -66,10 +70,8 @@ def test_object_replaced_under_a_running_mount_is_detected(pushed, s3_server, tm
     args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
     with (
         mounted(url, tmp_path / "mnt", *args, env=s3_server.env) as mnt,
-        open(mnt / "model.safetensors", "rb", buffering=0) as f,
+        open_without_readahead(mnt / "model.safetensors") as f,  # chunk 2 not fetched yet
     ):
-        # No readahead, so chunk 2 is first fetched after the object is replaced.
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         assert f.read(4096) == contents["model.safetensors"][:4096]
         data = bytearray(client.get_object(Bucket=S3_BUCKET, Key=name)["Body"].read())
         data[-1] ^= 1  # a new version: new ETag, same size
