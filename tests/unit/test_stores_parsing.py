@@ -8,7 +8,12 @@ import pytest
 from cmlfs.errors import StoreError
 from cmlfs.stores import open_store
 from cmlfs.stores.base import ObjectChanged, StoreSettings, parse_header
-from cmlfs.stores.http import etag_matches, parse_content_range, safe_url
+from cmlfs.stores.http import (
+    CachedEnvironmentSession,
+    etag_matches,
+    parse_content_range,
+    safe_url,
+)
 from cmlfs.stores.oci import (
     ARTIFACT_TYPE,
     BLOB_MEDIA_TYPE,
@@ -108,6 +113,32 @@ def test_content_range_must_name_exactly_the_bytes_asked():
             parse_content_range(value, 10, 10, None)
     with pytest.raises(ObjectChanged):
         parse_content_range("bytes 10-19/101", 10, 10, 100)
+
+
+def test_store_session_reads_the_environment_once_per_origin(monkeypatch, tmp_path):
+    """Proxies and CA bundle variables still apply (per origin, NO_PROXY honoured), but are
+    read once: later changes to the environment do not reach an origin already seen."""
+    bundle = tmp_path / "ca.pem"
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    session = CachedEnvironmentSession()
+
+    def settings(url: str) -> dict:
+        return session.merge_environment_settings(url, {}, True, None, None)
+
+    proxied, direct = settings("http://store.example/a"), settings("http://direct.example/a")
+    assert proxied["proxies"]["http"] == "http://proxy.example:3128"
+    assert "http" not in direct["proxies"]
+    assert proxied["verify"] == str(bundle)
+    proxied["proxies"]["http"] = "http://changed.example"  # a caller's copy, not the cache
+    monkeypatch.setenv("HTTP_PROXY", "http://other.example:3128")
+    assert settings("http://store.example/b")["proxies"]["http"] == "http://proxy.example:3128"
+    assert settings("http://new.example/")["proxies"]["http"] == "http://other.example:3128"
+    explicit = session.merge_environment_settings(
+        "http://store.example/", {"http": "x"}, True, None, None
+    )
+    assert explicit["proxies"]["http"] == "x"
 
 
 def test_etags_compare_weakly():
