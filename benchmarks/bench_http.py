@@ -1,16 +1,18 @@
 """The HTTP store over loopback nginx against the local folder store: sequential cold reads.
 
-Both mounts read the same encrypted store (nginx serves the folder); caches are dropped
-before each read and rounds interleave the two.
+Both mounts read the same encrypted store (nginx serves the folder), by one daemon process
+and with ``--workers 2``; caches are dropped before each read and rounds interleave the
+four variants.
 
 Run as root:  python -m benchmarks.bench_http [--size 2G] [--rounds 5]
 """
 
 import argparse
+import itertools
 import shutil
 from pathlib import Path
 
-from benchmarks.bench_read import FILE, Workspace
+from benchmarks.bench_read import FILE, WORKERS_SUFFIX, Workspace
 from benchmarks.lib import (
     GIB,
     Measurement,
@@ -44,11 +46,12 @@ def main() -> None:
         sources = {"local": str(ws.stores["cmlfs-gcm-siv"]), "http": nginx.url("store")}
         m = Measurement("seq-cold store", "MB/s", True, "local")
         for _ in range(args.rounds):
-            for variant, store in sources.items():
-                with cmlfs_mount(store, ws.mnt, ws.key, "--insecure-http") as root:
+            for (variant, store), workers in itertools.product(sources.items(), ("", "2")):
+                extra = ("--workers", workers) if workers else ()
+                with cmlfs_mount(store, ws.mnt, ws.key, "--insecure-http", *extra) as root:
                     drop_caches()
                     seconds = timed(lambda root=root: read_sequential(root / FILE))
-                m.add(variant, ws.size / seconds / 1e6)
+                m.add(variant + (WORKERS_SUFFIX if workers else ""), ws.size / seconds / 1e6)
     finally:
         server.stop()
     save("http", [m], f"python -m benchmarks.bench_http --size {args.size} --rounds {args.rounds}")

@@ -88,6 +88,14 @@ TARGETS = [
         "model load <= 1.3x plaintext (mpnet, --workers 2)",
     ),
     ("seq-cold store", "http", "local", 0.8, True, "HTTP store >= 0.8x local"),
+    (
+        "seq-cold store",
+        "http-2w",
+        "local-2w",
+        0.8,
+        True,
+        "HTTP store >= 0.8x local (both --workers 2)",
+    ),
     # baseline None: an absolute bound in the scenario's unit
     (
         "plaintext-memory",
@@ -145,7 +153,8 @@ def plot(measurements: list[Measurement], path: Path) -> None:
             names,
             [m.median(n) for n in names],
             color=[
-                "#3b6ea5" if "cmlfs" in n or n in ("http", "local") else "#999999" for n in names
+                "#3b6ea5" if "cmlfs" in n or n.startswith(("http", "local")) else "#999999"
+                for n in names
             ],
         )
         ax.set_title(m.scenario)

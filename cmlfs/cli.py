@@ -611,22 +611,24 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         type=_chunk_size,
         metavar="SIZE",
         help="the aligned run a store request rounds a read up to, a power of two "
-        "(default: just the chunks a read misses from a folder, 4M from a network store)",
+        "(default: just the chunks a read misses from a folder or with --workers, "
+        "4M from a network store)",
     )
     p.add_argument(
         "--threads",
         type=_count,
         metavar="N",
         help="worker threads for store reads and decryption; 0 runs them on the daemon's "
-        "event loop (default: 0 for a local folder, 8 for a network store)",
+        "event loop (default: 0 for a local folder or with --workers, 8 for a network store)",
     )
     p.add_argument(
         "--workers",
         type=_workers,
         default=1,
         metavar="N",
-        help="processes serving a mount from a store folder, each decrypting on its own "
-        "core with 1/N of the cache (default 1; more help where cores are free)",
+        help="processes serving the mount, each fetching and decrypting on its own core "
+        "with 1/N of the cache (default 1; more help where cores are free; not with "
+        "--threads or --disk-cache)",
     )
     p.add_argument(
         "--disk-cache",

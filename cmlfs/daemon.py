@@ -41,7 +41,7 @@ from cmlfs.manifest import (
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import DEFAULT_RUN_BYTES
-from cmlfs.stores import LocalStore, Store, StoreSettings, names_folder, open_store
+from cmlfs.stores import LocalStore, Store, StoreSettings, open_store
 from cmlfs.stores.diskcache import DiskCache
 from cmlfs.workers import WorkerBoard, WorkerSet, answer_init, fork_worker
 
@@ -82,7 +82,7 @@ class MountSettings:
     allow_other: bool = False
     store_settings: StoreSettings = field(default_factory=StoreSettings)
     fetch_bytes: int | None = None  # None: a read's missing chunks (folder), 4 MiB (network)
-    threads: int | None = None  # None: inline (0) for a folder, REMOTE_THREADS for a network store
+    threads: int | None = None  # None: inline (0) for a folder or workers, else REMOTE_THREADS
     disk_cache: Path | None = None  # ciphertext only
     disk_cache_bytes: int = 0
     key_settings: KeySettings = field(default_factory=KeySettings)
@@ -206,11 +206,10 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     lock_memory(settings.cache_bytes)
     if not settings.mountpoint.is_dir():
         raise MountError(f"mount point {settings.mountpoint} is not a folder")
-    if settings.workers > 1 and not names_folder(settings.store):
-        raise MountError(
-            "--workers serves a store folder only: a network store is read by one process, "
-            "whose fetches and prefetch share one cache"
-        )
+    if settings.workers > 1 and settings.threads:
+        raise MountError("--workers reads on each worker's event loop: leave out --threads")
+    if settings.workers > 1 and settings.disk_cache is not None:
+        raise MountError("--disk-cache is kept by one process: it cannot serve --workers")
     if clear_stale_mount(settings.mountpoint):
         log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
     store, manifest, key = open_model(
@@ -298,10 +297,18 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
 
     From a local folder, reading and opening a run inline on the event loop beats
     handing it to a worker thread (measured in benchmarks/RESULTS.md): the daemon's one
-    thread is the bottleneck either way, and the hand-off only adds to it.
+    thread is the bottleneck either way, and the hand-off only adds to it. Worker
+    processes always read inline (a worker whose event loop waits in a blocking FUSE
+    read could not pass on a thread's result), and from a network store they fetch
+    just the chunks a read misses: a longer run would be fetched again by every worker
+    that reads in it.
     """
     local = isinstance(store, LocalStore)
-    threads = settings.threads if settings.threads is not None else (0 if local else REMOTE_THREADS)
+    one_process = settings.workers == 1
+    inline = local or not one_process
+    threads = settings.threads
+    if threads is None:
+        threads = 0 if inline else REMOTE_THREADS
     disk_cache = None
     if settings.disk_cache is not None:
         disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
@@ -310,7 +317,8 @@ def _reader(settings: MountSettings, store: Store, manifest: Manifest, key: byte
         store,
         key,
         cache_bytes=settings.cache_bytes // settings.workers,  # each worker has its own
-        run_bytes=settings.fetch_bytes or (DEFAULT_RUN_BYTES if local else REMOTE_RUN_BYTES),
+        run_bytes=settings.fetch_bytes
+        or (REMOTE_RUN_BYTES if one_process and not local else DEFAULT_RUN_BYTES),
         threads=threads or None,
         prefetch_bytes=REMOTE_PREFETCH_BYTES,
         disk_cache=disk_cache,
@@ -342,6 +350,7 @@ async def _serve_until_stopped(
 async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
     """A worker's loop: serve FUSE requests, publishing its counters after every read."""
     reader.after_read = functools.partial(board.publish, slot, reader)
+    reader.store.close()  # connections made before the fork would be shared between workers
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
         await pyfuse3.main()

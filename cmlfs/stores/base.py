@@ -106,7 +106,10 @@ class Store(Protocol):
         """Make what was put visible as one model; return the reference to mount it by."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop open connections and descriptors; a later request opens new ones (a worker
+        process closes what it inherited, so no two processes share a connection)."""
+        ...
 
 
 def check_range(name: str, offset: int, length: int, size: int) -> None:

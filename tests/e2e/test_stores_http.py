@@ -3,11 +3,19 @@
 import errno
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from cmlfs.format.layout import HEADER_LEN
-from tests.conftest import mounted, run_cli, tree_digests
+from tests.conftest import (
+    daemon_pid,
+    mounted,
+    read_in_pieces,
+    run_cli,
+    tree_digests,
+    worker_pids,
+)
 from tests.e2e.stores_servers import assert_reads_back, blob_of, open_without_readahead
 
 pytestmark = pytest.mark.fuse
@@ -49,6 +57,41 @@ def test_tampered_blob_on_the_server_gives_eio(served, tmp_path):
         assert failed.value.errno == errno.EIO
         assert (mnt / "config.json").read_bytes() == contents["config.json"]
     assert run_cli("verify", url, "--key-file", key, check=False).returncode != 0
+
+
+def connections_to(pid: int, port: int) -> set[int]:
+    """Socket inodes of ``pid``'s established TCP connections to loopback ``port``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    connected = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2].endswith(f":{port:04X}") and fields[3] == "01":
+            connected.add(int(fields[9]))
+    return inodes & connected
+
+
+def test_workers_read_a_network_store_each_on_its_own_connections(served, nginx, tmp_path):
+    """With --workers every worker fetches and decrypts the chunks it is asked for over
+    connections it opened itself (none inherited from the daemon or shared)."""
+    src, contents, _, key, _, url = served
+    with mounted(url, tmp_path / "mnt", "--key-file", key, "--workers", "2") as mnt:
+        workers = worker_pids(mnt)
+        assert len(workers) == 2
+        for _ in range(20):  # until both workers have served (the kernel picks the reader)
+            for name, data in contents.items():
+                assert read_in_pieces(mnt / name, len(data)) == data
+            if all(connections_to(pid, nginx.port) for pid in workers):
+                break
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        own = [connections_to(pid, nginx.port) for pid in workers]
+        assert all(own), "a worker fetched nothing"
+        assert not own[0] & own[1]
+        assert not (own[0] | own[1]) & connections_to(daemon_pid(mnt), nginx.port)
+        assert tree_digests(mnt) == tree_digests(src)
 
 
 def test_headers_refused_over_plain_http_without_insecure_flag(served):

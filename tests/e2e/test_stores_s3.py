@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from cmlfs.format.layout import HEADER_LEN
-from tests.conftest import mounted, run_cli
+from tests.conftest import mounted, read_in_pieces, run_cli, tree_digests, worker_pids
 from tests.e2e.stores_servers import (
     S3_BUCKET,
     assert_reads_back,
@@ -37,6 +37,17 @@ def test_push_resumes_and_mount_reads_back(pushed, s3_server, tmp_path):
     inspected = run_cli("inspect", url, env=s3_server.env).stdout
     assert "blobs:       10" in inspected
     assert "ok:" in run_cli("verify", url, "--key-file", key, env=s3_server.env).stdout
+
+
+def test_workers_read_back_from_s3(pushed, s3_server, tmp_path):
+    """Each worker closes the client connections it inherited and makes its own."""
+    src, contents, _, key, url, _ = pushed
+    args = ("--key-file", key, "--workers", "2")
+    with mounted(url, tmp_path / "mnt", *args, env=s3_server.env) as mnt:
+        assert len(worker_pids(mnt)) == 2
+        for name, data in contents.items():
+            assert read_in_pieces(mnt / name, len(data)) == data
+        assert tree_digests(mnt) == tree_digests(src)
 
 
 def test_tampered_object_gives_eio(pushed, s3_server, tmp_path):

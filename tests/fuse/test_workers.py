@@ -10,7 +10,6 @@ import errno
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,14 @@ import pytest
 from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD
 from cmlfs.manifest import MANIFEST_NAME, open_manifest
 from cmlfs.mountpoint import mount_entry
-from tests.conftest import daemon_pid, mounted, proc_stat, run_cli, worker_pids
+from tests.conftest import (
+    daemon_pid,
+    mounted,
+    proc_stat,
+    read_in_pieces,
+    run_cli,
+    worker_pids,
+)
 from tests.deploy.conftest import metrics, status_url
 from tests.hardening.stress import core_dump_limit, proc_status
 
@@ -44,17 +50,6 @@ def store(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
 def cpu_ticks(pid: int) -> int:
     fields = proc_stat(pid)
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def read_in_pieces(path: Path, size: int, piece: int = CHUNK) -> bytes:
-    """The whole file by pread of ``piece`` bytes, from 8 threads at once."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            parts = pool.map(lambda o: os.pread(fd, piece, o), range(0, size, piece))
-            return b"".join(parts)
-    finally:
-        os.close(fd)
 
 
 def test_workers_serve_the_plaintext_together(store, tmp_path):
@@ -156,20 +151,19 @@ def test_metrics_add_up_every_worker(store, tmp_path):
         assert seen["cmlfs_ready"] == 1
 
 
-def test_workers_are_refused_for_a_network_store(store, tmp_path):
-    _, key, _ = store
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--threads", "4"), "--workers reads on each worker's event loop: leave out --threads"),
+        (("--disk-cache", "cache"), "--disk-cache is kept by one process"),
+    ],
+)
+def test_workers_refuse_threads_and_a_disk_cache(store, tmp_path, option, message):
+    path, key, _ = store
     (tmp_path / "mnt").mkdir()
-    result = run_cli(
-        "mount",
-        "http://127.0.0.1:9/model",
-        tmp_path / "mnt",
-        "--key-file",
-        key,
-        "--workers",
-        "2",
-        check=False,
-    )
+    args = ("mount", path, tmp_path / "mnt", "--key-file", key, "--workers", "2", *option)
+    result = run_cli(*args, check=False, cwd=tmp_path)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--workers serves a store folder only" in lines[0]
+    assert len(lines) == 1 and message in lines[0]
     assert mount_entry(tmp_path / "mnt") is None
