@@ -40,7 +40,8 @@ def test_push_resumes_and_mount_reads_back(pushed, s3_server, tmp_path):
 
 
 def test_workers_read_back_from_s3(pushed, s3_server, tmp_path):
-    """Each worker closes the client connections it inherited and makes its own."""
+    """Workers close the S3 client's connections they inherited; botocore opens new ones at
+    the next request, and every byte reads back."""
     src, contents, _, key, url, _ = pushed
     args = ("--key-file", key, "--workers", "2")
     with mounted(url, tmp_path / "mnt", *args, env=s3_server.env) as mnt:
