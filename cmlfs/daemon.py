@@ -88,7 +88,7 @@ class MountSettings:
     key_settings: KeySettings = field(default_factory=KeySettings)
     expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
     status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
-    workers: int = 1  # >1: worker processes serve a store folder (cmlfs.workers)
+    workers: int = 1  # >1: worker processes serve the mount (cmlfs.workers)
 
 
 def disable_core_dumps() -> None:

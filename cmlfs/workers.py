@@ -1,13 +1,13 @@
-"""Worker processes: several interpreters serving one FUSE mount from a store folder.
+"""Worker processes: several interpreters serving one FUSE mount.
 
 The daemon's one Python thread caps a mount at what one core decrypts and answers
 (tink holds the GIL). With ``--workers N`` the daemon mounts and answers the kernel's
 INIT itself, then forks N workers. Each opens its own ``/dev/fuse`` cloned from the
 mount's (``FUSE_DEV_IOC_CLONE``): the kernel hands every request to whichever worker
 reads it first and takes the answer from that same file, so workers share nothing but
-the mount. Each worker has its own reader and chunk cache (the budget split N ways),
-which suits a folder store, where a read fetches exactly the chunks it misses; network
-stores keep one process, whose fetches and prefetch must share one cache.
+the mount. Each worker has its own reader, chunk cache (the budget split N ways) and
+store connections, and reads inline: a read fetches exactly the chunks it misses, with
+no runs or prefetch that another worker's cache could not see.
 
 The forking process stays as the supervisor: it serves status, reports readiness,
 forwards SIGTERM to the workers and unmounts once they are gone. Workers publish their
