@@ -81,7 +81,7 @@ class MountSettings:
     cache_bytes: int
     allow_other: bool = False
     store_settings: StoreSettings = field(default_factory=StoreSettings)
-    fetch_bytes: int | None = None  # None: a read's missing chunks (folder), 4 MiB (network)
+    fetch_bytes: int | None = None  # None: a read's missing chunks (folder, workers), else 4 MiB
     threads: int | None = None  # None: inline (0) for a folder or workers, else REMOTE_THREADS
     disk_cache: Path | None = None  # ciphertext only
     disk_cache_bytes: int = 0
