@@ -18,6 +18,7 @@ turns into EIO.
 """
 
 import bisect
+import functools
 import hashlib
 import hmac
 import logging
@@ -25,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -37,6 +39,8 @@ from cmlfs.stores.base import Store
 from cmlfs.stores.diskcache import DiskCache
 
 log = logging.getLogger("cmlfs.reader")
+
+T = TypeVar("T")
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-read
 PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
@@ -311,7 +315,7 @@ class ModelReader:
         try:
             if self._inline:
                 return function(*args)
-            return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+            return await run_in_thread(functools.partial(function, *args), self._limiter)
         except IntegrityError:
             self.stats.integrity_failures += 1
             raise
@@ -340,6 +344,29 @@ class ModelReader:
         if actual != layout.blob_size or actual != entry.blob_size:
             raise IntegrityError(f"{entry.path}: blob is truncated or extended")
         return opener
+
+
+async def run_in_thread(function: Callable[[], T], limiter: trio.CapacityLimiter) -> T:
+    """``function()`` in one of trio's cached worker threads, at most ``limiter`` at once.
+
+    Like ``trio.to_thread.run_sync`` (uncancellable while the thread runs; its
+    exception is raised here), minus the OS thread naming that one does twice per
+    call through ctypes: each call releases and retakes the GIL, which tink holds
+    while it decrypts. Measured on a network store: 8% of the daemon's CPU.
+    """
+    async with limiter:
+        done = trio.Event()
+        outcomes = []
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(outcome) -> None:
+            outcomes.append(outcome)
+            token.run_sync_soon(done.set)
+
+        trio.lowlevel.start_thread_soon(function, deliver)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+    return outcomes[0].unwrap()
 
 
 def _open_all(opener: BlobOpener, first: int, last: int, data: bytes) -> OpenedSpan | None:

@@ -142,6 +142,7 @@ daemon off;
 events {{ worker_connections 256; }}
 http {{
   access_log {base}/access.log;
+  sendfile on; tcp_nopush on;
   {temp}
   uwsgi_temp_path {base}/uwsgi; scgi_temp_path {base}/scgi;
   server {{

@@ -1,6 +1,9 @@
 """ModelReader over a LocalStore: reads, single decryption, integrity, budget (no FUSE)."""
 
+import functools
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD
 from cmlfs.manifest import MANIFEST_NAME, open_manifest
 from cmlfs.publish import EncryptSettings, encrypt_model
 from cmlfs.reader import ModelReader
+from cmlfs.reader.reader import run_in_thread
 from cmlfs.stores import LocalStore
 
 CHUNK = 4096
@@ -232,3 +236,44 @@ def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(mod
     assert read(reader, big, 40 * CHUNK - 1, 1) == plain[40 * CHUNK - 1 : 40 * CHUNK]
     # Sequential: prefetch runs first; it must not claim a chunk after the last one.
     assert read(reader, big, 40 * CHUNK, CHUNK) == plain[40 * CHUNK :]
+
+
+def test_run_in_thread_runs_off_the_loop_within_the_limiter_and_keeps_thread_names():
+    """Results and exceptions come back; at most ``limiter`` calls run at once; the worker
+    thread's OS name is left alone (renaming it per call is what the helper avoids)."""
+    loop_thread = threading.get_ident()
+    running, peak, seen = 0, 0, []
+    lock = threading.Lock()
+
+    def work(value: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
+        time.sleep(0.02)
+        seen.append((threading.get_ident(), comm))
+        with lock:
+            running -= 1
+        if value < 0:
+            raise IntegrityError("refused")
+        return value * 2
+
+    async def main() -> list[int]:
+        limiter = trio.CapacityLimiter(2)
+        results: list[int] = []
+
+        async def one(value: int) -> None:
+            results.append(await run_in_thread(functools.partial(work, value), limiter))
+
+        async with trio.open_nursery() as nursery:
+            for value in range(6):
+                nursery.start_soon(one, value)
+        with pytest.raises(IntegrityError, match="refused"):
+            await run_in_thread(functools.partial(work, -1), limiter)
+        return sorted(results)
+
+    assert trio.run(main) == [0, 2, 4, 6, 8, 10]
+    assert peak == 2
+    assert all(ident != loop_thread for ident, _ in seen)
+    assert not any(" from " in comm for _, comm in seen)  # trio.to_thread names "fn from task"
