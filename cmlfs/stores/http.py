@@ -3,7 +3,8 @@
 ``https://host/prefix`` (a static server, a public bucket, or a prefix with a
 query-string credential such as a SAS token) serves ``prefix/manifest.cmlfs``
 and ``prefix/blobs/<sha256>``. Reads are Range GETs through one pooled
-``requests`` session with timeouts and bounded retries. Every answer is
+``requests`` session with timeouts and bounded retries, handed straight to its
+adapter until an object redirects. Every answer is
 checked strictly: the status, ``Content-Range`` (exactly the bytes asked, of an
 object of the size first seen), the body length, and the ETag, so an object
 replaced under a running mount fails its reads instead of mixing versions.
@@ -13,6 +14,8 @@ Never puts a header value, a query string or a credential in a message or log.
 
 import re
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +38,7 @@ from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
 POOL_SIZE = 16
 MAX_OBJECT_SIZE = 1 << 50  # refuse absurd sizes a hostile server might announce
+MAX_PREPARED = 4096  # URLs whose prepared GET is kept: one per blob of a model
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,16})-([0-9]{1,16})/([0-9]{1,16})")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _LENGTH = re.compile(r"[0-9]{1,16}")
@@ -143,6 +147,28 @@ class CachedEnvironmentSession(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
+@contextmanager
+def _classified(method: str) -> Iterator[None]:
+    """Turn requests' exceptions into store errors, without their text (it may quote a URL
+    with a query-string credential): TLS failures are final, connection failures and
+    timeouts transient."""
+    try:
+        yield
+    except requests.exceptions.SSLError as exc:
+        raise tls_error(exc) from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise TransientStoreError(f"{method} failed: {type(exc).__name__}") from None
+    except requests.RequestException as exc:
+        raise StoreError(f"{method} failed: {type(exc).__name__}") from None
+
+
+def _unless_transient(response: requests.Response) -> requests.Response:
+    if response.status_code in _TRANSIENT_STATUS:
+        response.close()
+        raise TransientStoreError(f"server answered {response.status_code}")
+    return response
+
+
 class HttpTransport:
     """One pooled session: single attempts that classify failures; the caller retries.
 
@@ -160,6 +186,8 @@ class HttpTransport:
         self.session.mount("https://", adapter)
         self.session.headers["Accept-Encoding"] = "identity"
         self.session.headers["User-Agent"] = "cmlfs"
+        self._prepared: dict[str, requests.PreparedRequest] = {}
+        self._redirecting: set[str] = set()
 
     def send(
         self,
@@ -171,7 +199,7 @@ class HttpTransport:
     ) -> requests.Response:
         """One request; transient failures raise TransientStoreError, the response is returned
         for every status except the transient ones."""
-        try:
+        with _classified(method):
             response = self.session.request(
                 method,
                 url,
@@ -181,16 +209,43 @@ class HttpTransport:
                 verify=self.verify,
                 **kwargs,
             )
-        except requests.exceptions.SSLError as exc:
-            raise tls_error(exc) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientStoreError(f"{method} failed: {type(exc).__name__}") from None
-        except requests.RequestException as exc:
-            raise StoreError(f"{method} failed: {type(exc).__name__}") from None
-        if response.status_code in _TRANSIENT_STATUS:
+        return _unless_transient(response)
+
+    def get(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """A streamed GET as ``send`` makes it, handed straight to the session's adapter.
+
+        The request is the session's own (its headers, proxies and CA settings), prepared
+        once per URL; skipping the session's per-request work saves ~0.45 ms of CPU per
+        1 MiB ranged GET here (measured: 1.6-1.85 ms through ``Session.request``, 1.1-1.3
+        ms through the adapter), and ``--workers`` make 1024 GETs per GiB. A URL that
+        answers with a redirect goes through the whole session from then on, which
+        follows redirects and keeps Authorization from other hosts.
+        """
+        if url in self._redirecting:
+            return self.send("GET", url, headers, stream=True)
+        template = self._prepared.get(url)
+        if template is None:
+            if len(self._prepared) >= MAX_PREPARED:
+                self._prepared.clear()
+            template = self.session.prepare_request(requests.Request("GET", url))
+            self._prepared[url] = template
+        request = template.copy()
+        request.headers.update(headers)
+        settings = self.session.merge_environment_settings(url, {}, True, self.verify, None)
+        with _classified("GET"):
+            response = self.session.get_adapter(url).send(
+                request,
+                stream=True,
+                timeout=self.settings.timeout,
+                verify=settings["verify"],
+                cert=settings["cert"],
+                proxies=settings["proxies"],
+            )
+        if response.is_redirect:
             response.close()
-            raise TransientStoreError(f"server answered {response.status_code}")
-        return response
+            self._redirecting.add(url)
+            return self.send("GET", url, headers, stream=True)
+        return _unless_transient(response)
 
     def read_body(self, response: requests.Response, limit: int) -> bytes:
         """The whole body of a streamed response, refused beyond ``limit`` bytes.
@@ -230,7 +285,7 @@ class HttpTransport:
         request_headers["Range"] = f"bytes={offset}-{offset + length - 1}"
         if identity is not None and identity.etag and not identity.etag.startswith("W/"):
             request_headers["If-Match"] = identity.etag
-        response = self.send("GET", url, request_headers, stream=True)
+        response = self.get(url, request_headers)
         status = response.status_code
         whole = (
             status == 200 and offset == 0 and response.headers.get("Content-Length") == str(length)

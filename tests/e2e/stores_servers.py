@@ -122,8 +122,9 @@ class Nginx:
 
 
 def start_nginx(base: Path, tls: tuple[Path, Path, Path] | None = None) -> tuple[Server, Nginx]:
-    """nginx from apt serving ``base/www`` on a free loopback port (Range requests included);
-    over HTTPS with ``tls`` = (CA, certificate, key) as ``make_tls`` gives."""
+    """nginx from apt serving ``base/www`` on a free loopback port (Range requests included),
+    and redirecting ``/moved/PATH`` to ``/PATH`` (302); over HTTPS with ``tls`` = (CA,
+    certificate, key) as ``make_tls`` gives. Requests are logged to ``base/access.log``."""
     binary = need("nginx", "nginx-light")
     root = base / "www"
     root.mkdir()
@@ -149,6 +150,7 @@ http {{
     listen 127.0.0.1:{port} {ssl};
     root {root};
     location / {{ }}
+    location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
   }}
 }}
 """

@@ -2,7 +2,9 @@
 
 import errno
 import os
+import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,31 @@ def test_workers_read_a_network_store_each_on_its_own_connections(served, nginx,
         assert not own[0] & own[1]
         assert not (own[0] | own[1]) & connections_to(daemon_pid(mnt), nginx.port)
         assert tree_digests(mnt) == tree_digests(src)
+
+
+def test_store_behind_a_redirect_reads_back_and_meets_it_once_per_object(served, nginx, tmp_path):
+    """Range GETs go straight to the session's adapter, which does not follow redirects: an
+    object that redirects (as registries send blob GETs to storage) is read through the
+    whole session from its first redirect on. So every object reads back, and each one's
+    GETs meet the redirect once more than they reach its target: the first try only."""
+    src, contents, _, key, folder, _ = served
+    log = nginx.root.parent / "access.log"
+    already = len(log.read_text().splitlines())
+    with mounted(nginx.url(f"moved/{folder.name}"), tmp_path / "mnt", "--key-file", key) as mnt:
+        assert tree_digests(mnt) == tree_digests(src)
+    redirected, reached = Counter(), Counter()
+    for line in log.read_text().splitlines()[already:]:
+        request = re.search(r'"GET /(moved/)?(\S+) HTTP/1\.1" (\d{3}) ', line)
+        if request and request[2].startswith(f"{folder.name}/"):
+            if request[1]:
+                assert request[3] == "302"
+                redirected[request[2]] += 1
+            else:
+                assert request[3] == "206"
+                reached[request[2]] += 1
+    assert f"{folder.name}/manifest.cmlfs" in reached
+    assert len(reached) == 1 + sum(1 for data in contents.values() if data)  # empty: no GET
+    assert redirected == Counter({path: count + 1 for path, count in reached.items()})
 
 
 def test_headers_refused_over_plain_http_without_insecure_flag(served):
