@@ -80,14 +80,12 @@ class RecordCipher:
     """One AEAD key of one algorithm, sealing and opening records.
 
     Thread-safe: neither backend keeps per-call state, so threads may share one
-    instance. ``releases_gil`` tells the reader whether opening records in
-    worker threads runs in parallel or only adds hand-off cost.
+    instance.
     """
 
     def __init__(self, algorithm: Algorithm, key: bytes, backend: Backend | None = None) -> None:
         self.algorithm = algorithm
         self.backend = backend or default_backend(algorithm)
-        self.releases_gil = self.backend is Backend.CRYPTOGRAPHY
         self._aead = _CRYPTOGRAPHY[algorithm](key)
         self._open = self._open_cryptography
         if self.backend is Backend.TINK:
