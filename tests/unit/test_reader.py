@@ -3,7 +3,6 @@
 import functools
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -239,11 +238,13 @@ def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(mod
 
 
 def test_run_in_thread_runs_off_the_loop_within_the_limiter_and_keeps_thread_names():
-    """Results and exceptions come back; at most ``limiter`` calls run at once; the worker
-    thread's OS name is left alone (renaming it per call is what the helper avoids)."""
+    """Results and exceptions come back; exactly ``limiter`` calls run at once (the
+    barrier passes only when two threads are inside together); the worker thread's OS
+    name is left alone (renaming it per call is what the helper avoids)."""
     loop_thread = threading.get_ident()
     running, peak, seen = 0, 0, []
     lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=10)
 
     def work(value: int) -> int:
         nonlocal running, peak
@@ -251,8 +252,9 @@ def test_run_in_thread_runs_off_the_loop_within_the_limiter_and_keeps_thread_nam
             running += 1
             peak = max(peak, running)
         comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
-        time.sleep(0.02)
         seen.append((threading.get_ident(), comm))
+        if value >= 0:
+            pair.wait()
         with lock:
             running -= 1
         if value < 0:
@@ -277,3 +279,26 @@ def test_run_in_thread_runs_off_the_loop_within_the_limiter_and_keeps_thread_nam
     assert peak == 2
     assert all(ident != loop_thread for ident, _ in seen)
     assert not any(" from " in comm for _, comm in seen)  # trio.to_thread names "fn from task"
+
+
+def test_run_in_thread_holds_its_limiter_and_returns_when_cancelled_mid_call():
+    """Cancelling the caller neither abandons the running thread nor frees its limiter
+    token early: the call returns the thread's result once it ends."""
+    release = threading.Event()
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(1)
+        results = []
+
+        async def caller() -> None:
+            with trio.move_on_after(0.05):
+                results.append(await run_in_thread(lambda: release.wait(10) and "done", limiter))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await trio.sleep(0.3)  # the caller's deadline has passed; its thread still runs
+            assert limiter.borrowed_tokens == 1 and results == []
+            release.set()
+        assert results == ["done"] and limiter.borrowed_tokens == 0
+
+    trio.run(main)
