@@ -10,8 +10,8 @@ that fetch (single flight per chunk). A read that lies within one span is
 answered with a read-only view of its buffer, without a copy. Fetching and
 opening run in worker threads, or inline on the event loop for a local store,
 where a thread hand-off costs more than it saves. Sequential reads start
-background fetches of the next runs, more of them while the reader stays
-sequential (prefetch). An optional disk cache keeps ciphertext spans,
+background fetches of what follows, further ahead and in larger requests while
+the reader stays sequential (prefetch). An optional disk cache keeps ciphertext spans,
 committed only after they authenticated. The reader never returns a byte that
 failed authentication: such reads raise IntegrityError, which the FUSE layer
 turns into EIO.
@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-read
 PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
+PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at once
 DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
 
 
@@ -140,6 +141,7 @@ class ModelReader:
         self._max_ahead = 0 if inline else min(prefetch_bytes, cache_bytes // 2)
         self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
+        self._frontier: dict[int, int] = {}  # per file: the chunk prefetching goes on from
 
     async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).
@@ -254,24 +256,38 @@ class ModelReader:
             flight.done.set()
 
     def _prefetch(self, index: int, offset: int, end: int, last: int) -> None:
-        """Fetch the runs after a sequential read into the cache in the background. How far
-        ahead doubles with each sequential read up to the maximum; a read elsewhere stops
-        it for the file until reads are sequential again."""
+        """Fetch the chunks after a sequential read into the cache in the background.
+
+        How far ahead doubles with each sequential read up to the maximum, and each
+        background request grows with it, to a ``PREFETCH_SPLIT``th of that window: a long
+        stream is fetched in few large requests, several still in flight. Each request
+        costs the daemon milliseconds of interpreter time besides its bytes (cold 2 GiB
+        reads over loopback nginx, 4 interleaved rounds: 4 MiB requests 290 MB/s and 3.7 s
+        CPU/GiB, growing to 8 MiB 330 MB/s and 3.3 s). A read elsewhere stops prefetching
+        for the file until reads are sequential again.
+        """
         sequential = self._next_offset.get(index) == offset
         self._next_offset[index] = end
         if not sequential:
             self._ahead[index] = 0
+            self._frontier.pop(index, None)
             return
         layout = self._layouts[index]
         size = layout.chunk_size
-        unit = max(self._run_chunks, PREFETCH_UNIT_BYTES // size)
-        ahead = self._ahead[index] = min(max(unit * size, 2 * self._ahead[index]), self._max_ahead)
+        least = max(self._run_chunks, PREFETCH_UNIT_BYTES // size)
+        ahead = self._ahead[index] = min(max(least * size, 2 * self._ahead[index]), self._max_ahead)
+        unit = max(least, ahead // PREFETCH_SPLIT // size)
         stop = min(last + 1 + ahead // size, layout.n_chunks)
-        for window in range((last + 1) // unit * unit, stop, unit):
-            start = max(window, last + 1)
-            if start < stop and self._free(index, start):  # else cached or on its way
-                flight = self._launch(index, start, min(window + unit, stop) - 1)
+        chunk = max(self._frontier.get(index, 0), last + 1)
+        # Whole requests only, but for the file's tail: the window moves on with every read.
+        while chunk + unit <= stop or (stop == layout.n_chunks and chunk < stop):
+            if self._free(index, chunk):  # else cached or on its way
+                flight = self._launch(index, chunk, min(chunk + unit, stop) - 1)
                 trio.lowlevel.spawn_system_task(self._fly, flight)
+                chunk = flight.last + 1
+            else:
+                chunk += 1
+        self._frontier[index] = chunk
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, first: int, last: int

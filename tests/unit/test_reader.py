@@ -228,6 +228,46 @@ def test_sequential_reads_prefetch_and_scattered_reads_do_not(model):
     assert scattered.stats.chunks_decrypted == 4
 
 
+class CountingStore(LocalStore):
+    """A folder store that records the length of every ranged read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.lengths: list[int] = []
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        self.lengths.append(length)
+        return super().read_range(name, offset, length)
+
+
+def test_a_long_sequential_stream_is_fetched_in_growing_requests_each_chunk_once(tmp_path):
+    """1 MiB reads through a 24 MiB file with 16 MiB of prefetch: requests start at one
+    prefetch unit and grow to a quarter of the window; no chunk is fetched twice and
+    every byte reads back."""
+    chunk, mib = 64 * 1024, 1 << 20
+    src = tmp_path / "src"
+    src.mkdir()
+    plain = os.urandom(24 * mib)
+    (src / "weights.bin").write_bytes(plain)
+    encrypt_model(src, tmp_path / "store", KEY, EncryptSettings(chunk_size=chunk))
+    store = CountingStore(tmp_path / "store")
+    manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
+    reader = ModelReader(manifest, store, KEY, threads=4, prefetch_bytes=16 * mib)
+    store.lengths.clear()  # the manifest and header reads
+
+    async def stream():
+        for offset in range(0, len(plain), mib):
+            assert await reader.read(0, offset, mib) == plain[offset : offset + mib]
+            await trio.testing.wait_all_tasks_blocked()
+
+    trio.run(stream)
+    record = chunk + RECORD_OVERHEAD
+    chunks = [length // record for length in store.lengths[1:]]  # after the blob header
+    assert max(chunks) == 4 * mib // chunk  # a quarter of the 16 MiB window
+    assert chunks[:3] == [16, 16, 16]  # one prefetch unit while the window is small
+    assert reader.stats.chunks_decrypted == len(plain) // chunk  # each chunk once
+
+
 def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(model):
     store, contents = model
     reader, index = open_reader(store, threads=2, run_bytes=8 * CHUNK, prefetch_bytes=1 << 20)
