@@ -1,11 +1,13 @@
 """ChunkCache (byte budget, LRU over spans of chunks) and SingleFlight (one computation per key).
 
-The cache holds authenticated plaintext only: the reader inserts a span after
-every chunk of it opened successfully, never before. A span is the plaintext of
-consecutive chunks of one file as one fetch produced them; every chunk maps to
-the span that holds it, so a read finds its bytes with one lookup per span and
-can answer with a view of one buffer. Spans never overlap: the reader fetches
-only chunks that are neither cached nor in flight.
+The cache holds authenticated plaintext, and records fetched ahead of readers:
+the reader inserts a plaintext span after every chunk of it opened successfully,
+and opens a span of records before serving any byte of it, replacing it with its
+plaintext or dropping it if a chunk fails. A span covers consecutive chunks of
+one file as one fetch produced them; every chunk maps to the span that holds it,
+so a read finds its bytes with one lookup per span and can answer with a view of
+one buffer. Spans never overlap: the reader fetches only chunks that are neither
+cached nor in flight.
 """
 
 from collections import OrderedDict
@@ -20,16 +22,26 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class Span:
-    """Plaintext of chunks ``first`` up to ``end`` (exclusive) of file ``file``.
+    """Chunks ``first`` up to ``end`` (exclusive) of file ``file``.
 
-    ``offset`` is the plaintext offset of chunk ``first`` in the file.
+    ``offset`` is the plaintext offset of chunk ``first`` in the file. A span holds
+    either the chunks' authenticated ``plaintext`` or, while ``records`` is set, their
+    records as fetched, not yet opened; once the reader has opened those, ``opened``
+    leads to the span of their plaintext.
     """
 
     file: int
     first: int
     end: int
     offset: int
-    plaintext: bytearray
+    plaintext: bytearray | None
+    records: memoryview | None = None
+    opened: "Span | None" = None
+
+    @property
+    def size(self) -> int:
+        """The bytes it holds: its records while it has them, else its plaintext."""
+        return len(self.records if self.records is not None else self.plaintext)
 
 
 class ChunkCache:
@@ -66,7 +78,7 @@ class ChunkCache:
 
     def put(self, span: Span) -> None:
         """Hold ``span``, evicting the least recently used spans beyond the budget."""
-        size = len(span.plaintext)
+        size = span.size
         if size > self.budget:
             return
         for chunk in range(span.first, span.end):
@@ -82,9 +94,14 @@ class ChunkCache:
             self._forget(oldest)
             self.evictions += 1
 
+    def discard(self, span: Span) -> None:
+        """Drop ``span`` if it is held."""
+        if span in self._spans:
+            self._forget(span)
+
     def _forget(self, span: Span) -> None:
         del self._spans[span]
-        self.used -= len(span.plaintext)
+        self.used -= span.size
         for chunk in range(span.first, span.end):
             del self._chunks[(span.file, chunk)]
 

@@ -240,32 +240,59 @@ class CountingStore(LocalStore):
         return super().read_range(name, offset, length)
 
 
-def test_a_long_sequential_stream_is_fetched_in_growing_requests_each_chunk_once(tmp_path):
-    """1 MiB reads through a 24 MiB file with 16 MiB of prefetch: requests start at one
-    prefetch unit and grow to a quarter of the window; no chunk is fetched twice and
-    every byte reads back."""
-    chunk, mib = 64 * 1024, 1 << 20
-    src = tmp_path / "src"
-    src.mkdir()
-    plain = os.urandom(24 * mib)
-    (src / "weights.bin").write_bytes(plain)
-    encrypt_model(src, tmp_path / "store", KEY, EncryptSettings(chunk_size=chunk))
-    store = CountingStore(tmp_path / "store")
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def stream_model(tmp_path_factory):
+    """A 24 MiB file in 64 KiB chunks: long enough for prefetch to reach its full window."""
+    root = tmp_path_factory.mktemp("stream")
+    (root / "src").mkdir()
+    plain = os.urandom(24 * MIB)
+    (root / "src" / "weights.bin").write_bytes(plain)
+    encrypt_model(root / "src", root / "store", KEY, EncryptSettings(chunk_size=64 * 1024))
+    return root / "store", plain
+
+
+def streaming_reader(store_root: Path) -> tuple[ModelReader, CountingStore]:
+    store = CountingStore(store_root)
     manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
-    reader = ModelReader(manifest, store, KEY, threads=4, prefetch_bytes=16 * mib)
-    store.lengths.clear()  # the manifest and header reads
+    reader = ModelReader(manifest, store, KEY, threads=4, prefetch_bytes=16 * MIB)
+    store.lengths.clear()  # the manifest's read
+    return reader, store
 
-    async def stream():
-        for offset in range(0, len(plain), mib):
-            assert await reader.read(0, offset, mib) == plain[offset : offset + mib]
-            await trio.testing.wait_all_tasks_blocked()
 
-    trio.run(stream)
-    record = chunk + RECORD_OVERHEAD
+async def read_through(reader: ModelReader, plain: bytes, stop: int) -> None:
+    """Sequential 1 MiB reads up to ``stop``, letting background fetches land after each."""
+    for offset in range(0, stop, MIB):
+        assert await reader.read(0, offset, MIB) == plain[offset : offset + MIB]
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def test_a_long_sequential_stream_is_fetched_in_growing_requests_each_chunk_once(stream_model):
+    """Requests start at one prefetch unit and grow to a quarter of the 16 MiB window; no
+    chunk is fetched or decrypted twice and every byte reads back."""
+    store_root, plain = stream_model
+    reader, store = streaming_reader(store_root)
+    trio.run(read_through, reader, plain, len(plain))
+    record = 64 * 1024 + RECORD_OVERHEAD
     chunks = [length // record for length in store.lengths[1:]]  # after the blob header
-    assert max(chunks) == 4 * mib // chunk  # a quarter of the 16 MiB window
+    assert max(chunks) == 4 * MIB // (64 * 1024)
     assert chunks[:3] == [16, 16, 16]  # one prefetch unit while the window is small
-    assert reader.stats.chunks_decrypted == len(plain) // chunk  # each chunk once
+    assert sum(chunks) == len(plain) // (64 * 1024)
+    assert reader.stats.chunks_decrypted == len(plain) // (64 * 1024)
+
+
+def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_model):
+    """Prefetched records wait in the cache unopened: the chunks decrypted are the ones
+    read, though the store has sent much more."""
+    store_root, plain = stream_model
+    reader, store = streaming_reader(store_root)
+    trio.run(read_through, reader, plain, 4 * MIB)
+    fetched = sum(store.lengths[1:]) // (64 * 1024 + RECORD_OVERHEAD)
+    assert fetched >= 2 * 4 * MIB // (64 * 1024)  # 4 MiB read, at least as much ahead
+    assert reader.cache.find(0, fetched - 1).records is not None  # still sealed
+    assert reader.stats.chunks_decrypted == 4 * MIB // (64 * 1024)
 
 
 def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(model):
