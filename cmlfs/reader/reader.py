@@ -282,8 +282,8 @@ class ModelReader:
             entry = self.manifest.files[flight.file]
             if self._open_on_read:
                 offset, length = opener.layout.records_span(flight.first, flight.last)
-                fetch = functools.partial(self.store.read_range, entry.blob_name, offset, length)
-                records = await self._run_blocking(fetch)
+                read = self.store.read_range
+                records = await self._run_blocking(read, entry.blob_name, offset, length)
                 spans = _record_spans(flight, opener.layout, memoryview(records))
             else:
                 args = (entry, opener, flight.first, flight.last)
