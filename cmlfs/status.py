@@ -189,7 +189,11 @@ class MountCollector:
         for name, documentation, value in counters:
             yield CounterMetricFamily(name, documentation, value=value)
         gauges = [
-            ("cmlfs_cache_bytes", "Plaintext bytes held in the chunk cache.", cache.used),
+            (
+                "cmlfs_cache_bytes",
+                "Bytes held in the chunk cache (plaintext, fetched records).",
+                cache.used,
+            ),
             ("cmlfs_cache_budget_bytes", "Byte budget of the chunk cache.", cache.budget),
             ("cmlfs_ready", "1 once the mount is up, else 0.", int(self.ready())),
         ]

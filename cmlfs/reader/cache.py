@@ -25,8 +25,9 @@ class Span:
     """Chunks ``first`` up to ``end`` (exclusive) of file ``file``.
 
     ``offset`` is the plaintext offset of chunk ``first`` in the file. A span holds
-    either the chunks' authenticated ``plaintext`` or, while ``records`` is set, their
-    records as fetched, not yet opened; once the reader has opened those, ``opened``
+    either the chunks' authenticated ``plaintext`` or, if ``records`` is set, their
+    records as fetched (a view of the buffer one fetch filled, which pieces of the
+    same fetch share), not yet opened; once the reader has opened them, ``opened``
     leads to the span of their plaintext.
     """
 
@@ -38,14 +39,13 @@ class Span:
     records: memoryview | None = None
     opened: "Span | None" = None
 
-    @property
-    def size(self) -> int:
-        """The bytes it holds: its records while it has them, else its plaintext."""
-        return len(self.records if self.records is not None else self.plaintext)
-
 
 class ChunkCache:
-    """Least-recently-used spans of chunk plaintexts whose total size stays within a budget."""
+    """Least-recently-used spans of chunks whose total size stays within a budget.
+
+    A plaintext span counts its plaintext. Spans of records count the buffer they were
+    cut from, once, for as long as any of them is held: the buffer lives that long.
+    """
 
     def __init__(self, budget: int) -> None:
         if budget < 0:
@@ -57,6 +57,7 @@ class ChunkCache:
         self.evictions = 0
         self._spans: OrderedDict[Span, None] = OrderedDict()
         self._chunks: dict[tuple[int, int], Span] = {}
+        self._buffers: dict[int, int] = {}  # id of a fetched buffer -> spans held from it
 
     def __len__(self) -> int:
         """The number of spans held."""
@@ -78,8 +79,7 @@ class ChunkCache:
 
     def put(self, span: Span) -> None:
         """Hold ``span``, evicting the least recently used spans beyond the budget."""
-        size = span.size
-        if size > self.budget:
+        if _charged_len(span) > self.budget:
             return
         for chunk in range(span.first, span.end):
             old = self._chunks.get((span.file, chunk))
@@ -88,7 +88,7 @@ class ChunkCache:
         for chunk in range(span.first, span.end):
             self._chunks[(span.file, chunk)] = span
         self._spans[span] = None
-        self.used += size
+        self._charge(span, 1)
         while self.used > self.budget:
             oldest = next(iter(self._spans))
             self._forget(oldest)
@@ -101,9 +101,30 @@ class ChunkCache:
 
     def _forget(self, span: Span) -> None:
         del self._spans[span]
-        self.used -= span.size
+        self._charge(span, -1)
         for chunk in range(span.first, span.end):
             del self._chunks[(span.file, chunk)]
+
+    def _charge(self, span: Span, sign: int) -> None:
+        """Count ``span`` in (``sign`` 1) or out (-1); a fetched buffer only with its
+        first span in and its last span out."""
+        if span.records is not None:
+            key = id(span.records.obj)
+            held = self._buffers.get(key, 0) + sign
+            if held:
+                self._buffers[key] = held
+            else:
+                del self._buffers[key]
+            if held != (1 if sign > 0 else 0):
+                return
+        self.used += sign * _charged_len(span)
+
+
+def _charged_len(span: Span) -> int:
+    """What holding ``span`` costs: its plaintext, or the whole buffer its records are in."""
+    if span.records is not None:
+        return len(span.records.obj)
+    return len(span.plaintext)
 
 
 class _Call(Generic[T]):

@@ -2,18 +2,19 @@
 
 A read maps to chunk indices. The chunks it finds in the cache are served from
 there; the missing ones are claimed and fetched as one contiguous span (one
-store request, one buffer the records are opened straight into), so a random
-read costs exactly its chunks and a sequential 1 MiB read one span, never a
-chunk twice. Remote stores round a fetch out to an aligned run (``run_bytes``)
-to amortize latency, and their fetched records are opened 1 MiB at a time as
-reads reach them, so the plaintext is still in the CPU's caches when it is
-served. A reader that wants a chunk already in flight waits for
-that fetch (single flight per chunk). A read that lies within one span is
-answered with a read-only view of its buffer, without a copy. Fetching and
-opening run in worker threads, or inline on the event loop for a local store,
-where a thread hand-off costs more than it saves. Sequential reads start
-background fetches of what follows, further ahead and in larger requests while
-the reader stays sequential (prefetch). An optional disk cache keeps ciphertext spans,
+store request), so a random read costs exactly its chunks and a sequential
+1 MiB read one span, never a chunk twice. Remote stores round a fetch out to an
+aligned run (``run_bytes``) to amortize latency. A reader that wants a chunk
+already in flight waits for that fetch (single flight per chunk). Records are
+opened straight into one plaintext buffer per span, and a read that lies within
+one span is answered with a read-only view of it, without a copy. Inline (a
+local store, where a thread hand-off costs more than it saves) a fetch is
+fetched and opened on the event loop. With worker threads and no disk cache,
+threads only fetch: the records wait in the cache and are opened on the event
+loop 1 MiB at a time as reads reach them, so their plaintext is still in the
+CPU's caches when it is served. Sequential reads start background fetches of
+what follows, further ahead and in larger requests while the reader stays
+sequential (prefetch). An optional disk cache keeps ciphertext spans,
 committed only after they authenticated. The reader never returns a byte that
 failed authentication: such reads raise IntegrityError, which the FUSE layer
 turns into EIO.
@@ -180,8 +181,9 @@ class ModelReader:
             span = self.cache.find(index, chunk) or await self._fetched(index, chunk, last)
             if span.records is not None:
                 span = self._opened(span, chunk, last)
-            view = memoryview(span.plaintext)
-            pieces.append(view[max(offset - span.offset, 0) : end - span.offset])
+            # From ``chunk`` on: a span fetched after an eviction may start before it.
+            start = max(offset, chunk * layout.chunk_size)
+            pieces.append(memoryview(span.plaintext)[start - span.offset : end - span.offset])
             chunk = span.end
         result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
         self.stats.bytes_read += len(result)
@@ -223,14 +225,8 @@ class ModelReader:
         if span.opened is not None:
             return span.opened
         entry = self.manifest.files[span.file]
-        try:
-            opened = _open_records(
-                entry, self._openers[span.file], span.first, span.end - 1, span.records
-            )
-        except IntegrityError:
-            self.cache.discard(span)
-            self.stats.integrity_failures += 1
-            raise
+        opener = self._openers[span.file]
+        opened = _open_records(entry, opener, span.first, span.end - 1, span.records)
         plain = self._plaintext_span(span.file, span.end - 1, opened)
         if opened.failures:
             self.cache.discard(span)
@@ -284,7 +280,10 @@ class ModelReader:
                 offset, length = opener.layout.records_span(flight.first, flight.last)
                 read = self.store.read_range
                 records = await self._run_blocking(read, entry.blob_name, offset, length)
-                spans = _record_spans(flight, opener.layout, memoryview(records))
+                # In pieces only if the cache can hold them: a reader reads on from the
+                # cache, and a piece it cannot find there would be fetched again.
+                piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
+                spans = _record_spans(flight, opener.layout, memoryview(records), piece)
             else:
                 args = (entry, opener, flight.first, flight.last)
                 opened = await self._run_blocking(self._fetch_and_open, *args)
@@ -323,7 +322,8 @@ class ModelReader:
         size = layout.chunk_size
         least = max(self._run_chunks, PREFETCH_UNIT_BYTES // size)
         ahead = self._ahead[index] = min(max(least * size, 2 * self._ahead[index]), self._max_ahead)
-        unit = max(least, ahead // PREFETCH_SPLIT // size)
+        # Never more than the window: a window smaller than a run still fetches.
+        unit = min(max(least, ahead // PREFETCH_SPLIT // size), max(1, ahead // size))
         stop = min(last + 1 + ahead // size, layout.n_chunks)
         chunk = max(self._frontier.get(index, 0), last + 1)
         # Whole requests only, but for the file's tail: the window moves on with every read.
@@ -444,9 +444,11 @@ def _open_records(
     return span
 
 
-def _record_spans(flight: _Flight, layout: ChunkLayout, records: memoryview) -> list[Span]:
-    """Spans of ``flight``'s fetched records, ``OPEN_PIECE_BYTES`` of chunks each."""
-    step = max(1, OPEN_PIECE_BYTES // layout.chunk_size)
+def _record_spans(
+    flight: _Flight, layout: ChunkLayout, records: memoryview, piece: int
+) -> list[Span]:
+    """Spans of ``flight``'s fetched records, each of the chunks of ``piece`` bytes."""
+    step = max(1, piece // layout.chunk_size)
     base = layout.records_span(flight.first, flight.last)[0]
     spans = []
     for first in range(flight.first, flight.last + 1, step):

@@ -50,6 +50,39 @@ def test_a_span_replacing_cached_chunks_keeps_accounting_exact():
     assert (0, 0) not in cache and (0, 2) in cache
 
 
+def sealed(buffer: memoryview, first: int, end: int, chunk: int = 100) -> Span:
+    """A span of the records of chunks ``first..end`` cut from one fetched buffer."""
+    return Span(0, first, end, first * chunk, None, buffer[first * chunk : end * chunk])
+
+
+def test_record_spans_of_one_fetch_count_its_buffer_once_while_any_is_held():
+    buffer = memoryview(bytes(800))  # one fetch of chunks 0..7
+    cache = ChunkCache(budget=2000)
+    pieces = [sealed(buffer, 0, 4), sealed(buffer, 4, 8)]
+    for piece in pieces:
+        cache.put(piece)
+    assert cache.used == 800
+    cache.put(span(0, 4))  # the first piece opened: its plaintext replaces it
+    assert cache.used == 800 + 400  # the buffer lives on in the second piece
+    cache.discard(pieces[1])
+    assert cache.used == 400
+    cache.discard(pieces[1])  # not held: nothing changes
+    assert cache.used == 400 and len(cache) == 1
+
+
+def test_record_spans_are_evicted_until_their_buffers_fit_the_budget():
+    cache = ChunkCache(budget=1000)
+    first, second = memoryview(bytes(800)), memoryview(bytes(800))
+    cache.put(sealed(first, 0, 4))
+    cache.put(sealed(first, 4, 8))
+    cache.put(Span(1, 0, 4, 0, None, second[:400]))  # another file's fetch
+    assert cache.used == 800  # both pieces of the first buffer went, not just one
+    assert (0, 0) not in cache and (0, 4) not in cache and (1, 0) in cache
+    assert cache.evictions == 2
+    cache.put(sealed(memoryview(bytes(1200)), 0, 4))  # its buffer exceeds the budget
+    assert (0, 0) not in cache and cache.used == 800
+
+
 def test_single_flight_runs_once_for_concurrent_callers():
     calls = 0
 

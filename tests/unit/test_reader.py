@@ -295,6 +295,46 @@ def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_m
     assert reader.stats.chunks_decrypted == 4 * MIB // (64 * 1024)
 
 
+def test_a_read_over_a_run_the_cache_cannot_hold_fetches_it_once(stream_model):
+    """With no cache (as ``cmlfs verify`` reads), a 4 MiB read of one 4 MiB run is one
+    store request, not one per 1 MiB piece."""
+    store_root, plain = stream_model
+    store = CountingStore(store_root)
+    manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
+    reader = ModelReader(manifest, store, KEY, cache_bytes=0, run_bytes=4 * MIB, threads=2)
+    assert read(reader, 0, 0, 4 * MIB) == plain[: 4 * MIB]
+    assert read(reader, 0, 4 * MIB, 4 * MIB) == plain[4 * MIB : 8 * MIB]
+    assert len(store.lengths) == 1 + 1 + 2  # manifest, blob header, one per run
+
+
+def test_a_damaged_chunk_fetched_ahead_fails_only_the_read_that_reaches_it(stream_model, tmp_path):
+    """Prefetched records are authenticated when opened: the damaged chunk's read raises,
+    every other byte of the stream reads back, and the damaged piece is not kept."""
+    store_root, plain = stream_model
+    damaged = tmp_path / "store"
+    os.system(f"cp -r {store_root} {damaged}")
+    reader, _ = streaming_reader(damaged)
+    blob = damaged / reader.manifest.files[0].blob_name
+    raw = bytearray(blob.read_bytes())
+    bad = 200  # in the 13th MiB: fetched ahead, in a multi-piece request
+    raw[HEADER_LEN + bad * (64 * 1024 + RECORD_OVERHEAD) + 50] ^= 1
+    blob.write_bytes(raw)
+    bad_mib = bad * 64 * 1024 // MIB
+
+    async def stream():
+        for offset in range(0, len(plain), MIB):
+            if offset // MIB == bad_mib:
+                with pytest.raises(IntegrityError, match=f"chunk {bad}"):
+                    await reader.read(0, offset, MIB)
+                assert (0, bad) not in reader.cache
+            else:
+                assert await reader.read(0, offset, MIB) == plain[offset : offset + MIB]
+            await trio.testing.wait_all_tasks_blocked()
+
+    trio.run(stream)
+    assert reader.stats.integrity_failures == 1
+
+
 def test_a_sequential_read_of_the_last_chunk_prefetches_nothing_past_the_end(model):
     store, contents = model
     reader, index = open_reader(store, threads=2, run_bytes=8 * CHUNK, prefetch_bytes=1 << 20)
