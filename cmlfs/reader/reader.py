@@ -283,7 +283,7 @@ class ModelReader:
                 # In pieces only if the cache can hold them: a reader reads on from the
                 # cache, and a piece it cannot find there would be fetched again.
                 piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
-                spans = _record_spans(flight, opener.layout, memoryview(records), piece)
+                spans = _record_spans(flight, opener.layout, offset, memoryview(records), piece)
             else:
                 args = (entry, opener, flight.first, flight.last)
                 opened = await self._run_blocking(self._fetch_and_open, *args)
@@ -445,11 +445,11 @@ def _open_records(
 
 
 def _record_spans(
-    flight: _Flight, layout: ChunkLayout, records: memoryview, piece: int
+    flight: _Flight, layout: ChunkLayout, base: int, records: memoryview, piece: int
 ) -> list[Span]:
-    """Spans of ``flight``'s fetched records, each of the chunks of ``piece`` bytes."""
+    """Spans of ``flight``'s records, fetched from blob offset ``base``, each of the
+    chunks of ``piece`` bytes."""
     step = max(1, piece // layout.chunk_size)
-    base = layout.records_span(flight.first, flight.last)[0]
     spans = []
     for first in range(flight.first, flight.last + 1, step):
         last = min(first + step, flight.last + 1) - 1
