@@ -1,0 +1,74 @@
+"""Argument types: turn one command-line word into a checked value, or an argparse error.
+
+Each wraps a parser of the layer that owns the value, so the rules live in one place
+and the CLI only converts ``ValueError`` into argparse's one-line usage error.
+"""
+
+import argparse
+import re
+
+from cmlfs.format.aead import Algorithm
+from cmlfs.format.layout import chunk_size_log2
+from cmlfs.units import parse_size
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def chunk_size(text: str) -> int:
+    value = size(text)
+    try:
+        chunk_size_log2(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def algorithm(text: str) -> Algorithm:
+    try:
+        return Algorithm.from_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return int(text)
+
+
+def workers(text: str) -> int:
+    from cmlfs.workers import MAX_WORKERS
+
+    value = count(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"workers must be 1 to {MAX_WORKERS}, not {value}")
+    return value
+
+
+def key_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise argparse.ArgumentTypeError("a key id is 32 lowercase hex digits")
+    return text
+
+
+def http_address(text: str) -> tuple[str, int]:
+    from cmlfs.status import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    from cmlfs.devkbs import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

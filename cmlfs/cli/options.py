@@ -1,0 +1,317 @@
+"""Option groups that several commands share, each next to the function that reads it.
+
+A group is a pair: ``add_X_options(parser)`` declares the options, and ``X_settings(args)``
+(or ``X_source``) turns the parsed options into the settings object of the layer that
+uses them. Defaults come from those settings classes, so a default lives in one place.
+To add an option to a group, add it in the ``add_`` function and read it in the settings
+function next to it; every command that uses the group then has it.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from cmlfs.cli import argtypes
+from cmlfs.errors import StoreError
+from cmlfs.keys import FileKeySource, KeySettings, KeySource, key_source_from_uri
+from cmlfs.keys.attesters import ATTESTERS
+from cmlfs.reader.reader import DEFAULT_CACHE_BYTES
+from cmlfs.stores.base import StoreSettings, parse_header
+
+Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+# --- --insecure-http: shared by the key broker and the network stores -----------------------
+
+
+def add_insecure_http(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP to the key broker and registries, and credentials over http://",
+    )
+
+
+# --- key options: where the model key comes from and how it is released ----------------------
+
+
+def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """``--key-file``/``--key-uri``, ``--key-id`` and key release; needs ``add_insecure_http``."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        "--key-file", type=Path, metavar="KEYFILE", help="file holding the 32-byte model key"
+    )
+    group.add_argument(
+        "--key-uri",
+        metavar="URI",
+        help="where the key comes from (file:///path, kbs://HOST:PORT/REPO/TYPE/TAG, "
+        "cdh:///REPO/TYPE/TAG); default: the URI recorded in the model",
+    )
+    parser.add_argument(
+        "--key-id",
+        type=argtypes.key_id,
+        metavar="ID",
+        help="the model's key id as published by its owner (32 hex digits, shown by "
+        "cmlfs inspect); required to use the key URI recorded in the store, and always "
+        "checked when given",
+    )
+    keys = parser.add_argument_group("key release (kbs://, cdh://)")
+    keys.add_argument(
+        "--attester",
+        choices=ATTESTERS,
+        default=KeySettings.attester,
+        help="TEE evidence for the key broker: auto (the configfs-tsm TEE of this machine; "
+        "never falls back to sample), tdx, snp, or sample (no TEE, proves nothing; "
+        "development only). Default auto",
+    )
+    keys.add_argument(
+        "--tee-key",
+        choices=("ec", "rsa"),
+        default=KeySettings.tee_key_type,
+        help="ephemeral key the broker encrypts to: ec (P-256, ECDH-ES+A256KW; default) "
+        "or rsa (RSA-OAEP-256)",
+    )
+    keys.add_argument(
+        "--tsm-root",
+        type=Path,
+        default=KeySettings.tsm_report_root,
+        metavar="DIR",
+        help=f"configfs-tsm report folder (default {KeySettings.tsm_report_root})",
+    )
+    _add_kbs_ca(keys)
+
+
+def key_settings(args: argparse.Namespace) -> KeySettings:
+    """KeySettings from ``add_key_options``."""
+    return KeySettings(
+        attester=args.attester,
+        kbs_ca=args.kbs_ca,
+        insecure_http=args.insecure_http,
+        tee_key_type=args.tee_key,
+        tsm_report_root=args.tsm_root,
+    )
+
+
+def key_source(args: argparse.Namespace) -> KeySource | None:
+    """The key source the options name; None: the key URI recorded in the model."""
+    if args.key_file is not None:
+        return FileKeySource(args.key_file)
+    if args.key_uri is not None:
+        return key_source_from_uri(args.key_uri, key_settings(args))
+    return None
+
+
+def _add_kbs_ca(parser: Parser) -> None:
+    parser.add_argument(
+        "--kbs-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) that sign the key broker's TLS certificate (default: system CAs)",
+    )
+
+
+# --- broker admin options: the model owner's side of a key broker ----------------------------
+
+
+def add_broker_admin_options(parser: argparse.ArgumentParser) -> None:
+    """``--admin-key``, ``--kbs-ca`` and ``--insecure-http`` of commands that write to a broker."""
+    parser.add_argument(
+        "--admin-key",
+        type=Path,
+        metavar="PEM",
+        help="Ed25519 private key that signs the broker's admin token (EdDSA JWT)",
+    )
+    _add_kbs_ca(parser)
+    add_insecure_http(parser)
+
+
+def broker_admin_settings(args: argparse.Namespace) -> KeySettings:
+    """KeySettings from ``add_broker_admin_options``: TLS to the broker, no attestation."""
+    return KeySettings(kbs_ca=args.kbs_ca, insecure_http=args.insecure_http)
+
+
+# --- store options: how network stores are reached -------------------------------------------
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """Headers, credentials, TLS and retries of network stores; needs ``add_insecure_http``."""
+    group = parser.add_argument_group("network stores (http(s)://, s3://, oci://)")
+    group.add_argument(
+        "--store-header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra header on every http(s):// store request (repeatable)",
+    )
+    group.add_argument(
+        "--store-header-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="file of 'NAME: VALUE' lines, e.g. a secret Authorization header (repeatable)",
+    )
+    group.add_argument(
+        "--store-token-env",
+        metavar="VAR",
+        help="send 'Authorization: Bearer $VAR' to an http(s):// store",
+    )
+    group.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        metavar="FILE",
+        help="docker/podman auth.json with registry credentials (default: $REGISTRY_AUTH_FILE, "
+        "else $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+    )
+    group.add_argument(
+        "--store-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) that sign the store's TLS certificate: https:// stores, "
+        "registries and their token services, S3 endpoints (default: system CAs)",
+    )
+    group.add_argument(
+        "--store-timeout",
+        type=float,
+        default=StoreSettings.timeout,
+        metavar="SECONDS",
+        help="connect timeout and longest silence while reading an answer "
+        f"(default {StoreSettings.timeout:g})",
+    )
+    group.add_argument(
+        "--store-attempts",
+        type=int,
+        choices=range(1, 11),
+        default=StoreSettings.attempts,
+        metavar="N",
+        help=f"tries per request before the read fails with EIO (1-10, default "
+        f"{StoreSettings.attempts})",
+    )
+
+
+def store_settings(args: argparse.Namespace) -> StoreSettings:
+    """StoreSettings from ``add_store_options``; secrets are read here and kept in memory."""
+    lines = list(args.store_header)
+    for path in args.store_header_file:
+        lines.extend(
+            line for line in path.read_text().splitlines() if line.strip() and line[0] != "#"
+        )
+    headers = [parse_header(line) for line in lines]
+    if args.store_token_env:
+        token = os.environ.get(args.store_token_env)
+        if not token:
+            raise StoreError(f"environment variable {args.store_token_env} is not set")
+        headers.append(parse_header(f"Authorization: Bearer {token}"))
+    return StoreSettings(
+        headers=tuple(headers),
+        insecure_http=args.insecure_http,
+        timeout=args.store_timeout,
+        attempts=args.store_attempts,
+        registry_auth_file=args.registry_auth_file or _default_registry_auth_file(),
+        ca_file=args.store_ca.absolute() if args.store_ca else None,
+    )
+
+
+def _default_registry_auth_file() -> Path | None:
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        return Path(os.environ["REGISTRY_AUTH_FILE"])
+    docker = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    return docker if docker.is_file() else None
+
+
+# --- mount options: shared by ``mount`` and ``run`` ------------------------------------------
+
+
+def add_mount_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``mount`` that ``run`` shares: key, store, cache, status server."""
+    add_key_options(p, required=False)
+    add_insecure_http(p)
+    p.add_argument(
+        "--cache-size",
+        type=argtypes.size,
+        default=DEFAULT_CACHE_BYTES,
+        metavar="SIZE",
+        help="decrypted chunk cache budget (default 64M)",
+    )
+    p.add_argument(
+        "--fetch-size",
+        type=argtypes.chunk_size,
+        metavar="SIZE",
+        help="the aligned run a store request rounds a read up to, a power of two "
+        "(default: just the chunks a read misses from a folder or with --workers, "
+        "4M from a network store)",
+    )
+    p.add_argument(
+        "--threads",
+        type=argtypes.count,
+        metavar="N",
+        help="worker threads for store reads and decryption; 0 runs them on the daemon's "
+        "event loop (default: 0 for a local folder or with --workers, 8 for a network store)",
+    )
+    p.add_argument(
+        "--workers",
+        type=argtypes.workers,
+        default=1,
+        metavar="N",
+        help="processes serving the mount, each fetching and decrypting on its own core "
+        "with 1/N of the cache (default 1; more help where cores are free; not with "
+        "--threads or --disk-cache)",
+    )
+    p.add_argument(
+        "--disk-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep fetched ciphertext (never plaintext) in DIR across mounts",
+    )
+    p.add_argument(
+        "--disk-cache-size",
+        type=argtypes.size,
+        default=8 << 30,
+        metavar="SIZE",
+        help="disk cache budget (default 8G)",
+    )
+    add_store_options(p)
+    p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for the mount to be ready (default 300)",
+    )
+    p.add_argument("--debug", action="store_true", help="log every request")
+    p.add_argument(
+        "--http",
+        type=argtypes.http_address,
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz and /metrics (Prometheus) there, e.g. 127.0.0.1:9100; "
+        "see `cmlfs status`",
+    )
+
+
+def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
+    """MountSettings from ``add_mount_options``, for ``store`` mounted at ``mountpoint``."""
+    from cmlfs.daemon import MountSettings
+
+    status = None
+    if args.http is not None:
+        from cmlfs.status import StatusSettings, default_runtime_dir
+
+        runtime_dir = default_runtime_dir(dict(os.environ), os.geteuid())
+        status = StatusSettings(*args.http, runtime_dir=runtime_dir)
+    return MountSettings(
+        store=store,
+        mountpoint=mountpoint.absolute(),
+        key_source=key_source(args),
+        cache_bytes=args.cache_size,
+        allow_other=args.allow_other,
+        store_settings=store_settings(args),
+        fetch_bytes=args.fetch_size,
+        threads=args.threads,
+        workers=args.workers,
+        disk_cache=args.disk_cache.absolute() if args.disk_cache else None,
+        disk_cache_bytes=args.disk_cache_size,
+        key_settings=key_settings(args),
+        expected_key_id=args.key_id,
+        status=status,
+    )

@@ -1,0 +1,251 @@
+"""The model owner's commands: keygen, encrypt, push, inspect, verify."""
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cmlfs.cli import argtypes
+from cmlfs.cli.keys import check_registrable, register
+from cmlfs.cli.options import (
+    add_broker_admin_options,
+    add_insecure_http,
+    add_key_options,
+    add_store_options,
+    key_settings,
+    key_source,
+    store_settings,
+)
+from cmlfs.keys import FileKeySource, generate_key_file
+from cmlfs.manifest import MANIFEST_NAME, read_envelope
+from cmlfs.publish import EncryptSettings
+from cmlfs.units import format_size
+
+
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    from tqdm import tqdm  # imported here: it costs a mount's start ~0.1 s
+
+    with tqdm(
+        total=total,
+        desc=what,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    ) as bar:
+        yield bar.update
+
+
+def _add_stored_model(p: argparse.ArgumentParser) -> None:
+    """STORE and the options to open it, of the commands that read a stored model."""
+    p.add_argument("store", metavar="STORE")
+    add_key_options(p, required=False)
+    add_insecure_http(p)
+    add_store_options(p)
+
+
+def add_keygen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "keygen",
+        help="create a new random model key file",
+        description="Write 32 random bytes to a new file of mode 0600.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="KEYFILE",
+        help="file to create (never overwritten)",
+    )
+    p.set_defaults(func=keygen)
+
+
+def keygen(args: argparse.Namespace) -> int:
+    generate_key_file(args.out)
+    print(f"wrote a new 32-byte model key to {args.out} (mode 0600)")
+    return 0
+
+
+def add_encrypt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encrypt",
+        help="encrypt a model folder into a new store folder",
+        description="Encrypt every regular file under SRC_DIR (nested folders, any UTF-8 names) "
+        "into the new or empty folder STORE_DIR: one blob per file and a sealed manifest. "
+        "Symlinks are followed only to files inside SRC_DIR.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC_DIR")
+    p.add_argument("store", type=Path, metavar="STORE_DIR")
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        required=True,
+        metavar="KEYFILE",
+        help="the model key (cmlfs keygen)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=argtypes.chunk_size,
+        default=EncryptSettings.chunk_size,
+        metavar="SIZE",
+        help="plaintext bytes per chunk, a power of two from 4K to 4M (default 64K)",
+    )
+    p.add_argument(
+        "--algorithm",
+        type=argtypes.algorithm,
+        default=EncryptSettings.algorithm,
+        metavar="NAME",
+        help="aes-256-gcm-siv (default) or aes-256-gcm",
+    )
+    p.add_argument("--model-name", metavar="N", help="model name (default: the folder name)")
+    p.add_argument(
+        "--model-version", default=EncryptSettings.model_version, metavar="V", help="model version"
+    )
+    p.add_argument(
+        "--key-uri",
+        metavar="URI",
+        help="where servers will get the key, recorded in the clear envelope",
+    )
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="also store the key at the kbs:// --key-uri, as a key bundle pinning this manifest",
+    )
+    add_broker_admin_options(p)
+    p.set_defaults(func=encrypt)
+
+
+def encrypt(args: argparse.Namespace) -> int:
+    from cmlfs.publish import encrypt_model, total_bytes
+
+    if args.register:
+        check_registrable(args.key_uri)
+    key = FileKeySource(args.key_file).fetch_key()
+    settings = EncryptSettings(
+        chunk_size=args.chunk_size,
+        algorithm=args.algorithm,
+        model_name=args.model_name or args.src.resolve().name,
+        model_version=args.model_version,
+        key_uri=args.key_uri,
+    )
+    with _progress(total_bytes(args.src), "encrypting") as progress:
+        manifest = encrypt_model(args.src, args.store, key, settings, progress)
+    size = sum(f.size for f in manifest.files)
+    print(
+        f"encrypted {len(manifest.files)} files ({format_size(size)}) of {args.src} into "
+        f"{args.store} with {manifest.algorithm.label}, {format_size(manifest.chunk_size)} chunks"
+    )
+    if args.register:
+        register(args.key_uri, args.key_file, args.store, args)
+    return 0
+
+
+def add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload an encrypted store folder to s3://, oci:// or another folder",
+        description="Upload the blobs and manifest of STORE_DIR (cmlfs encrypt output) to DEST: "
+        "s3://BUCKET/PREFIX, oci://REGISTRY/REPO:TAG or a folder. Blobs already there are "
+        "skipped, so an interrupted push resumes. Prints the reference to mount (for OCI, the "
+        "manifest digest).",
+    )
+    p.add_argument("src", type=Path, metavar="STORE_DIR")
+    p.add_argument("dest", metavar="DEST")
+    add_insecure_http(p)
+    add_store_options(p)
+    p.set_defaults(func=push)
+
+
+def push(args: argparse.Namespace) -> int:
+    from cmlfs.push import push_bytes, push_model
+    from cmlfs.stores import open_store
+
+    store = open_store(args.dest, store_settings(args), create=True)
+    try:
+        with _progress(push_bytes(args.src), "pushing") as progress:
+            result = push_model(args.src, store, progress)
+    finally:
+        store.close()
+    print(
+        f"pushed {args.src} to {store.describe()}: {result.uploaded} objects uploaded, "
+        f"{result.skipped} already there"
+    )
+    print(f"mount with: cmlfs mount {result.reference} MOUNTPOINT")
+    return 0
+
+
+def add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a stored model's public envelope, or its files with a key",
+        description="Without a key: the envelope readable by anyone (format, key id, key URI). "
+        "With a key: also the model's files and sizes.",
+    )
+    _add_stored_model(p)
+    p.set_defaults(func=inspect)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from cmlfs.daemon import disable_core_dumps, open_model
+    from cmlfs.manifest import MAX_MANIFEST_LEN
+    from cmlfs.stores import open_store
+    from cmlfs.stores.base import ListingUnsupported
+
+    settings = store_settings(args)
+    store = open_store(args.store, settings)
+    envelope = read_envelope(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+    print(f"store:       {store.describe()}")
+    print(f"format:      {envelope.format_version}")
+    print(f"key id:      {envelope.key_id}")
+    print(f"key uri:     {envelope.key_uri or '(none recorded)'}")
+    try:
+        blobs = str(sum(name.startswith("blobs/") for name in store.list()))
+    except ListingUnsupported:
+        blobs = "(this store cannot list its objects)"
+    print(f"blobs:       {blobs}")
+    source = key_source(args)
+    if source is None:
+        return 0
+    disable_core_dumps()  # the key and the manifest are about to be in this process
+    _, manifest, _ = open_model(args.store, source, settings, key_settings(args), args.key_id)
+    print(f"model:       {manifest.name} {manifest.version}".rstrip())
+    print(f"algorithm:   {manifest.algorithm.label}")
+    print(f"chunk size:  {manifest.chunk_size}")
+    print(f"files:       {len(manifest.files)}, {sum(f.size for f in manifest.files)} bytes")
+    for entry in manifest.files:
+        print(f"{entry.size:>14}  {entry.path}")
+    return 0
+
+
+def add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="decrypt a whole stored model and check every digest",
+        description="Authenticate every chunk and compare every file digest with the manifest. "
+        "Exit 0 only when everything is intact; otherwise name the first bad file and chunk.",
+    )
+    _add_stored_model(p)
+    p.set_defaults(func=verify)
+
+
+def verify(args: argparse.Namespace) -> int:
+    from cmlfs.daemon import disable_core_dumps, open_model
+    from cmlfs.verify import verify_model
+
+    disable_core_dumps()  # the key and every plaintext chunk are about to be in this process
+    store, manifest, key = open_model(
+        args.store, key_source(args), store_settings(args), key_settings(args), args.key_id
+    )
+    total = sum(f.size for f in manifest.files)
+    with _progress(total, "verifying") as progress:
+        verify_model(manifest, store, key, progress)
+    print(f"ok: {len(manifest.files)} files, {total} bytes authenticated and digests match")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    for add in (add_keygen, add_encrypt, add_push, add_inspect, add_verify):
+        add(sub)
