@@ -7,9 +7,14 @@ mount is up and a statvfs on it returns within a timeout) and ``/metrics``
 format). The server runs in the daemon's trio loop; ``statvfs`` runs in a
 worker thread, so a hung mount makes ``/readyz`` fail instead of hanging it.
 
-It must never expose key material, plaintext, file names or the model's name:
-metrics are counts, sizes and durations only. Requests are parsed with bounded
-sizes and a deadline, and only GET and HEAD are served.
+It must never expose key material, plaintext, paths, file names or the model's
+name: metrics are counts, sizes and durations only, and readiness reasons name
+no path. HTTP is parsed by h11 (sans-I/O, so it runs in the trio loop) with a
+bounded head, only GET and HEAD are served, one request per connection. Probes
+must keep answering while other clients misbehave: each connection has a
+deadline, and when the connection limit is reached the oldest connection that
+has not finished its request head is closed to make room, so idle or trickling
+clients can never lock a probe out.
 
 The daemon records the address in a small non-secret runtime file (one per
 mountpoint), so ``cmlfs status MOUNTPOINT`` finds it.
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import h11
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -47,8 +53,9 @@ log = logging.getLogger("cmlfs.status")
 
 PROBE_TIMEOUT = 2.0  # seconds a statvfs on the mount may take before /readyz says no
 REQUEST_TIMEOUT = 5.0  # seconds a client has to send its request head
+CONNECTION_TIMEOUT = 10.0  # seconds a connection may stay open in all
 MAX_REQUEST_HEAD = 8192
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 128  # open at once; beyond it the oldest one still sending its head is closed
 RETRY_EVENT = "event=store_retry"
 
 
@@ -231,7 +238,14 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 class StatusServer:
@@ -253,7 +267,9 @@ class StatusServer:
         self._registry.register(MountCollector(reader, lambda: self.mounted, self._retries))
         # One probe at a time: a hung statvfs holds it, so later probes fail fast.
         self._probe_limiter = trio.CapacityLimiter(1)
-        self._connections = trio.Semaphore(MAX_CONNECTIONS)
+        self._open = 0  # connections being served
+        # Connections still sending their request head, oldest first (a dict keeps order).
+        self._unheard: dict[trio.CancelScope, None] = {}
 
     def notifier(self, notify: Callable[[str | None], None]) -> Callable[[str | None], None]:
         """``notify`` that first marks the mount ready and records the status address."""
@@ -291,38 +307,67 @@ class StatusServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         """Answer one request; a failure here closes that connection, never the mount."""
         async with stream:
-            if self._connections.value == 0:
-                return  # too many clients at once: close rather than queue
-            async with self._connections:
-                try:
-                    with trio.move_on_after(REQUEST_TIMEOUT):
-                        method, path = await _read_request_head(stream)
-                        response = await self.respond(method, path)
-                        await stream.send_all(_encode(response, head_only=method == "HEAD"))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the client went away
-                except Exception:
-                    log.exception("event=status_request_failed")
+            if not self._make_room():
+                return
+            self._open += 1
+            try:
+                with trio.move_on_after(CONNECTION_TIMEOUT):
+                    await self._exchange(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except Exception:
+                log.exception("event=status_request_failed")
+            finally:
+                self._open -= 1
 
-    async def respond(self, method: str, path: str) -> Response:
-        if method not in ("GET", "HEAD"):
+    def _make_room(self) -> bool:
+        """Whether a new connection may be served; at the limit, the oldest connection that
+        has not sent its request head yet is closed for it (all others are answering)."""
+        if self._open < MAX_CONNECTIONS:
+            return True
+        if not self._unheard:
+            return False
+        oldest = next(iter(self._unheard))
+        del self._unheard[oldest]
+        oldest.cancel()
+        return True
+
+    async def _exchange(self, stream: trio.SocketStream) -> None:
+        """Read one request head with h11 (within REQUEST_TIMEOUT) and send the answer."""
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        with trio.CancelScope(deadline=trio.current_time() + REQUEST_TIMEOUT) as unheard:
+            self._unheard[unheard] = None
+            try:
+                request = await _receive_request(stream, connection)
+            finally:
+                self._unheard.pop(unheard, None)
+        if unheard.cancelled_caught or request is None:
+            return  # too slow, made room for a newer client, or closed without asking
+        if isinstance(request, Response):
+            response, method = request, b"GET"
+        else:
+            response, method = await self.respond(request.method, request.target), request.method
+        await stream.send_all(_encode(connection, response, head_only=method == b"HEAD"))
+
+    async def respond(self, method: bytes, target: bytes) -> Response:
+        if method not in (b"GET", b"HEAD"):
             return Response(405, b"only GET and HEAD\n")
-        path = path.partition("?")[0]
-        if path == "/healthz":
+        path = target.partition(b"?")[0]
+        if path == b"/healthz":
             return Response(200, b"ok\n")
-        if path == "/readyz":
+        if path == b"/readyz":
             reason = await self.not_ready_reason()
             return (
                 Response(503, f"not ready: {reason}\n".encode())
                 if reason
                 else Response(200, b"ready\n")
             )
-        if path == "/metrics":
+        if path == b"/metrics":
             return Response(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
         return Response(404, b"not found: try /healthz, /readyz or /metrics\n")
 
     async def not_ready_reason(self) -> str | None:
-        """None when the mount answers now; otherwise why not."""
+        """None when the mount answers now; otherwise why not (naming no path)."""
         if not self.mounted:
             return "the mount is not up yet"
         with trio.move_on_after(PROBE_TIMEOUT):
@@ -333,10 +378,11 @@ class StatusServer:
 
 
 def probe_mount(mountpoint: Path) -> str | None:
-    """None if a cmlfs mount is at ``mountpoint`` and answers statvfs; else the reason."""
+    """None if a cmlfs mount is at ``mountpoint`` and answers statvfs; else the reason, which
+    names no path (/readyz may be reachable by anyone who can reach the port)."""
     entry = mount_entry(mountpoint)
     if entry is None or entry.fstype != FS_TYPE:
-        return f"nothing is mounted at {mountpoint}"
+        return "nothing is mounted at the mountpoint"
     try:
         os.statvfs(mountpoint)
     except OSError as exc:
@@ -344,29 +390,37 @@ def probe_mount(mountpoint: Path) -> str | None:
     return None
 
 
-async def _read_request_head(stream: trio.SocketStream) -> tuple[str, str]:
-    """(method, path) of an HTTP/1.x request; the rest of the head is read and ignored."""
-    head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head:
-        if len(head) > MAX_REQUEST_HEAD:
-            return "", ""
-        data = await stream.receive_some(MAX_REQUEST_HEAD)
-        if not data:
-            break
-        head += data
-    parts = head.split(b"\n", 1)[0].decode("latin-1").split()
-    return (parts[0], parts[1]) if len(parts) == 3 else ("", "")
+async def _receive_request(
+    stream: trio.SocketStream, connection: h11.Connection
+) -> h11.Request | Response | None:
+    """The client's request, an error response for a malformed one, or None if it closed."""
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            return Response(status, f"bad request: {_REASONS.get(status, b'').decode()}\n".encode())
+        if isinstance(event, h11.Request):
+            return event
+        if event is not h11.NEED_DATA:
+            return None  # ConnectionClosed: nothing was asked
+        connection.receive_data(await stream.receive_some(MAX_REQUEST_HEAD))
 
 
-def _encode(response: Response, head_only: bool) -> bytes:
-    head = (
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Error')}\r\n"
-        f"Content-Type: {response.content_type}\r\n"
-        f"Content-Length: {len(response.body)}\r\n"
-        "Cache-Control: no-store\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("latin-1")
-    return head if head_only else head + response.body
+def _encode(connection: h11.Connection, response: Response, head_only: bool) -> bytes:
+    headers = [
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        ("Cache-Control", "no-store"),
+        ("Connection", "close"),
+    ]
+    reason = _REASONS.get(response.status, b"Error")
+    data = connection.send(
+        h11.Response(status_code=response.status, headers=headers, reason=reason)
+    )
+    if not head_only:
+        data += connection.send(h11.Data(data=response.body))
+    return data + connection.send(h11.EndOfMessage())
 
 
 # --- the client side: `cmlfs status` -------------------------------------------------------

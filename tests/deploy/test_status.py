@@ -1,5 +1,6 @@
 """The status server of a real mount: health, readiness, Prometheus metrics, `cmlfs status`."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,7 +14,14 @@ import trio
 from cmlfs.daemon import open_model
 from cmlfs.keys import FileKeySource
 from cmlfs.reader import ModelReader
-from cmlfs.status import StatusServer, StatusSettings, parse_address, read_record
+from cmlfs.status import (
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT,
+    StatusServer,
+    StatusSettings,
+    parse_address,
+    read_record,
+)
 from tests.conftest import daemon_pid, mounted, run_cli, write_sample_model
 from tests.deploy.conftest import http_get, metrics, status_url, wait_for
 from tests.e2e.stores_servers import blob_of
@@ -155,10 +163,11 @@ def test_hostile_requests_do_not_disturb_the_server(model, tmp_path):
         host, port = url.removeprefix("http://").split(":")
         answers = []
         for request in (
-            b"POST /readyz HTTP/1.1\r\n\r\n",
-            b"GET /nope HTTP/1.1\r\n\r\n",
+            b"POST /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
             b"\x00\xff garbage\r\n\r\n",
             b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+            b"GET /readyz HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
         ):
             with socket.create_connection((host, int(port)), timeout=10) as s:
                 try:
@@ -168,8 +177,9 @@ def test_hostile_requests_do_not_disturb_the_server(model, tmp_path):
                     answers.append(b"reset")
         assert answers[0].startswith(b"HTTP/1.1 405")
         assert answers[1].startswith(b"HTTP/1.1 404")
-        assert answers[2].startswith(b"HTTP/1.1 405")
-        assert answers[3] == b"reset" or answers[3].startswith(b"HTTP/1.1 405")  # not parsed
+        assert answers[2].startswith(b"HTTP/1.1 400")
+        assert answers[3] == b"reset" or answers[3].startswith(b"HTTP/1.1 431")  # not parsed
+        assert answers[4].startswith(b"HTTP/1.1 400")
         with socket.create_connection((host, int(port)), timeout=10) as idle:
             assert http_get(url + "/healthz")[0] == 200  # an idle client blocks nobody
             idle.sendall(b"GET")
@@ -189,12 +199,12 @@ def test_readiness_fails_fast_when_the_mount_hangs(model, tmp_path):
             results = []
             for _ in range(2):
                 started = time.monotonic()
-                response = await server.respond("GET", "/readyz")
+                response = await server.respond(b"GET", b"/readyz")
                 results.append((response.status, response.body, time.monotonic() - started))
             return results
 
         try:
-            assert trio.run(server.respond, "GET", "/healthz").status == 200
+            assert trio.run(server.respond, b"GET", b"/healthz").status == 200
             os.kill(pid, signal.SIGSTOP)
             (first, second) = trio.run(probe)
         finally:
@@ -219,10 +229,86 @@ def test_readiness_says_no_before_the_mount_and_when_nothing_is_mounted(model, t
     empty.mkdir()
     server = _status_server(store, key, empty)
     try:
-        early = trio.run(server.respond, "GET", "/readyz")
+        early = trio.run(server.respond, b"GET", b"/readyz")
         server.notifier(lambda error: None)(None)
-        unmounted = trio.run(server.respond, "GET", "/readyz")
+        unmounted = trio.run(server.respond, b"GET", b"/readyz")
     finally:
         server.close()
     assert early.status == 503 and b"not up yet" in early.body
     assert unmounted.status == 503 and b"nothing is mounted" in unmounted.body
+    for body in (early.body, unmounted.body):  # whoever reaches the port learns no path
+        assert os.fsencode(tmp_path) not in body and b"empty" not in body
+
+
+def _hold(address: tuple[str, int], partial: bytes) -> socket.socket:
+    """A connection that sent ``partial`` (maybe nothing) and waits."""
+    held = socket.create_connection(address, timeout=10)
+    if partial:
+        held.sendall(partial)
+    return held
+
+
+def _closed_by_the_server(held: socket.socket) -> bool:
+    held.setblocking(False)
+    try:
+        return held.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_probes_answer_within_a_second_while_idle_and_slowloris_clients_hold_connections(
+    model, tmp_path
+):
+    """Regression: 16 idle connections made /readyz fail (Kubernetes would have restarted a
+    healthy pod). 64 silent and 64 trickling clients fill the connection limit; probes with
+    the kubelet's default 1 s timeout still get their answer, and every held connection is
+    closed within its deadline."""
+    store, key, _ = model
+    with mounted(store, tmp_path / "mnt", "--key-file", key, "--http", "127.0.0.1:0") as mnt:
+        url = status_url(mnt)
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        opened = time.monotonic()
+        held = [_hold(address, b"") for _ in range(64)]
+        held += [_hold(address, b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-") for _ in range(64)]
+        try:
+            for round_ in range(4):
+                for slow in held[64:]:
+                    with contextlib.suppress(OSError):
+                        slow.sendall(b"a")  # one more byte, never the end of the head
+                assert http_get(url + "/readyz", timeout=1.0) == (200, "ready\n"), round_
+                code, text = http_get(url + "/metrics", timeout=1.0)
+                assert code == 200 and "cmlfs_ready 1.0" in text
+                time.sleep(0.5)
+            wait_for(
+                lambda: all(_closed_by_the_server(h) for h in held),
+                timeout=REQUEST_TIMEOUT + 5,
+                what="the server to close every held connection",
+            )
+            assert time.monotonic() - opened < REQUEST_TIMEOUT + 5
+        finally:
+            for h in held:
+                h.close()
+
+
+def test_beyond_the_limit_the_oldest_silent_client_makes_room(model, tmp_path):
+    """The count of connections is bounded: one more than the limit closes the oldest client
+    that has not sent its request head, not the newcomer."""
+    store, key, _ = model
+    with mounted(store, tmp_path / "mnt", "--key-file", key, "--http", "127.0.0.1:0") as mnt:
+        url = status_url(mnt)
+        host, port = url.removeprefix("http://").split(":")
+        held = [_hold((host, int(port)), b"") for _ in range(MAX_CONNECTIONS + 3)]
+        try:
+            assert http_get(url + "/healthz", timeout=1.0) == (200, "ok\n")
+            wait_for(
+                lambda: all(_closed_by_the_server(h) for h in held[:4]),
+                timeout=2,
+                what="the four oldest silent clients to be closed",
+            )
+            assert not any(_closed_by_the_server(h) for h in held[4:])
+        finally:
+            for h in held:
+                h.close()
