@@ -17,6 +17,12 @@ Keys: every key file ``cmlfs keygen`` made under the scanned roots (32 bytes,
 mode 0600), looked for raw, in hex and in base64/base64url, everywhere except
 the key files themselves and a key broker's repository (a folder whose name ends
 in ``repository``, where dev-kbs keeps the resources it releases, by design).
+A 32-byte file with a pattern instead of random bytes (few distinct byte values,
+or few distinct steps from one byte to the next, like 32 zero bytes or
+0, 1, 2, ...) is not a key ``keygen`` made: such runs occur by chance in
+unrelated files (padding and tables of executables), so it is not looked for.
+Keys from ``keygen`` are random and never look like that (a random 32-byte key
+has about 30 distinct values; fewer than 16 has a chance below 10^-14).
 """
 
 import base64
@@ -35,6 +41,7 @@ WINDOW = 64
 KEY_SCAN_LIMIT = 64 << 20
 PROBE = 16
 STRIDE = WINDOW - PROBE  # a 64-byte window always contains a probe at a multiple of 48
+MIN_DISTINCT = 16  # byte values (and steps) a 32-byte file needs to be taken for a key
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _TABLE_BITS = 27  # 128 MiB of flags for ~9 million fingerprints: ~7% of probes pass
 
@@ -167,14 +174,23 @@ def walk(
                     yield path
 
 
+def is_patterned(data: bytes) -> bool:
+    """Whether ``data`` has too few distinct byte values, or steps between neighbours, to be
+    random: such bytes also occur by chance in files that never saw a key."""
+    steps = {(b - a) % 256 for a, b in zip(data, data[1:], strict=False)}
+    return min(len(set(data)), len(steps)) < MIN_DISTINCT
+
+
 def find_keys(roots: list[Path]) -> dict[bytes, list[Path]]:
-    """Key files made by ``cmlfs keygen`` (32 bytes, mode 0600) -> where they are."""
+    """Key files made by ``cmlfs keygen`` (32 random bytes, mode 0600) -> where they are."""
     keys: dict[bytes, list[Path]] = {}
     for path in walk(roots):
         try:
             st = path.stat()
             if st.st_size == 32 and stat.S_IMODE(st.st_mode) == 0o600:
-                keys.setdefault(path.read_bytes(), []).append(path)
+                data = path.read_bytes()
+                if not is_patterned(data):
+                    keys.setdefault(data, []).append(path)
         except OSError:
             continue
     return keys

@@ -40,15 +40,39 @@ def test_the_scanner_finds_a_window_anywhere_and_tells_source_copies_apart():
         (root / "src" / rel).write_bytes(data)
         (root / "elsewhere.bin").write_bytes(data)
         key = root / "model.key"
-        key.write_bytes(bytes(range(100, 132)))
+        key_bytes = os.urandom(32)  # like keygen's: a pattern would not count as a key
+        key.write_bytes(key_bytes)
         key.chmod(0o600)
-        (root / "daemon.log").write_text("event=x key=" + bytes(range(100, 132)).hex() + "\n")
+        (root / "daemon.log").write_text("event=x key=" + key_bytes.hex() + "\n")
         report = scan([root], index, find_keys([root]))
     assert sorted(hit.split(" @ ")[0].rsplit("/", 1)[1] for hit in report.plaintext_hits) == [
         "elsewhere.bin",
         *sorted(f"leak-{offset}" for offset in (0, 1, 47, 48, 4097)),
     ]
     assert report.source_copies == 1
+    assert [hit.split(":")[0].rsplit("/", 1)[1] for hit in report.key_hits] == ["daemon.log"]
+
+
+def test_patterned_key_files_do_not_flag_unrelated_files_but_a_random_key_is_found():
+    """Regression: a pip install into a venv under /tmp during a run made the scan flag pip's
+    Windows launcher .exe files as holding "a test key (32-byte form)": runs of one byte and
+    counting tables occur in executables, so a 32-byte 0600 file holding such a pattern is
+    not a key to look for. A random key written anywhere is still a leak."""
+    patterned = [bytes(32), b"\xcc" * 32, bytes(range(32)), bytes(range(0, 256, 8)), b"ab" * 16]
+    real_key = os.urandom(32)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as folder:
+        root = Path(folder)
+        for index, pattern in enumerate([*patterned, real_key]):
+            key = root / f"key-{index}"
+            key.write_bytes(pattern)
+            key.chmod(0o600)
+        launcher = root / "venv" / "lib" / "pip" / "_vendor" / "distlib" / "t64.exe"
+        launcher.parent.mkdir(parents=True)
+        launcher.write_bytes(b"MZ\x90\x00" + b"".join(p * 3 for p in patterned) + b"PE\x00")
+        (root / "daemon.log").write_text("event=x key=" + real_key.hex() + "\n")
+        keys = find_keys([root])
+        report = scan([root], PlaintextIndex([]), keys)
+    assert list(keys) == [real_key]
     assert [hit.split(":")[0].rsplit("/", 1)[1] for hit in report.key_hits] == ["daemon.log"]
 
 
