@@ -26,6 +26,7 @@ has about 30 distinct values; fewer than 16 has a chance below 10^-14).
 """
 
 import base64
+import itertools
 import os
 import stat
 from collections.abc import Iterator
@@ -177,7 +178,7 @@ def walk(
 def is_patterned(data: bytes) -> bool:
     """Whether ``data`` has too few distinct byte values, or steps between neighbours, to be
     random: such bytes also occur by chance in files that never saw a key."""
-    steps = {(b - a) % 256 for a, b in zip(data, data[1:], strict=False)}
+    steps = {(b - a) % 256 for a, b in itertools.pairwise(data)}
     return min(len(set(data)), len(steps)) < MIN_DISTINCT
 
 
