@@ -25,7 +25,11 @@ from cmlfs.reader import ModelReader
 log = logging.getLogger("cmlfs.fs")
 
 ATTR_TIMEOUT = 3600.0  # the tree never changes while mounted
-_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+# Modes are shown as recorded, write bits included (as squashfs and gocryptfs -ro do: the
+# mount is read-only whatever they say, and `cp -a` out of it gives the publisher's modes);
+# set-user/group-ID bits are dropped, so no copy of a model ever makes a set-ID program.
+_SHOWN_BITS = 0o7777 & ~(stat.S_ISUID | stat.S_ISGID)
+DIR_SIZE = 4096  # a folder's size and space (one block), like a small ext4 folder
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,8 +61,11 @@ class Node:
     size: int
     mtime_ns: int
     file_index: int | None = None  # index into manifest.files for regular files
+    parent: int = pyfuse3.ROOT_INODE  # the root is its own parent, as on any filesystem
+    nlink: int = 1  # a folder: 2 + its subfolders (its name, its ".", each subfolder's "..")
     children: dict[bytes, int] = field(default_factory=dict)
-    names: list[bytes] = field(default_factory=list)  # children in readdir order
+    # a folder's listing in readdir order: ".", "..", then its children by name
+    entries: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 def build_tree(manifest: Manifest) -> dict[int, Node]:
@@ -67,18 +74,23 @@ def build_tree(manifest: Manifest) -> dict[int, Node]:
     by_path: dict[str, Node] = {}
     for d in sorted(manifest.dirs, key=lambda d: d.path):
         inode = pyfuse3.ROOT_INODE if d.path == "" else len(nodes) + pyfuse3.ROOT_INODE
-        node = Node(inode, stat.S_IFDIR | (d.mode & ~_WRITE_BITS), 0, d.mtime_ns)
+        node = Node(inode, stat.S_IFDIR | (d.mode & _SHOWN_BITS), DIR_SIZE, d.mtime_ns, nlink=2)
         nodes[inode] = by_path[d.path] = node
     for index, f in enumerate(manifest.files):
         inode = len(nodes) + pyfuse3.ROOT_INODE
-        node = Node(inode, stat.S_IFREG | (f.mode & ~_WRITE_BITS), f.size, f.mtime_ns, index)
+        node = Node(inode, stat.S_IFREG | (f.mode & _SHOWN_BITS), f.size, f.mtime_ns, index)
         nodes[inode] = by_path[f.path] = node
     for path, node in by_path.items():
         if path:
-            parent, _, name = path.rpartition("/")
-            by_path[parent].children[os.fsencode(name)] = node.inode
+            parent_path, _, name = path.rpartition("/")
+            parent = by_path[parent_path]
+            parent.children[os.fsencode(name)] = node.inode
+            node.parent = parent.inode
+            parent.nlink += node.file_index is None
     for node in nodes.values():
-        node.names = sorted(node.children)
+        if node.file_index is None:
+            links = [(b".", node.inode), (b"..", node.parent)]
+            node.entries = links + sorted(node.children.items())
     return nodes
 
 
@@ -102,7 +114,7 @@ class ModelFs(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.inode
         attrs.st_mode = node.mode
-        attrs.st_nlink = 2 + len(node.children) if node.file_index is None else 1
+        attrs.st_nlink = node.nlink
         attrs.st_size = node.size
         attrs.st_blksize = 1 << 16
         attrs.st_blocks = -(-node.size // 512)
@@ -131,11 +143,12 @@ class ModelFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def readdir(self, fh, start_id, token):
-        node = self._node(fh)
-        for position in range(start_id, len(node.names)):
-            name = node.names[position]
-            child = self.nodes[node.children[name]]
-            if not pyfuse3.readdir_reply(token, name, self._attributes(child), position + 1):
+        entries = self._node(fh).entries
+        for position in range(start_id, len(entries)):
+            name, inode = entries[position]
+            if not pyfuse3.readdir_reply(
+                token, name, self._attributes(self.nodes[inode]), position + 1
+            ):
                 break
 
     async def releasedir(self, fh):

@@ -30,7 +30,7 @@ def test_tree_shape_sizes_modes_and_times_match(mounted_sample):
         mounted_stat, source_stat = os.stat(mnt / rel), os.stat(src / rel)
         assert mounted_stat.st_size == len(data)
         assert stat.S_ISREG(mounted_stat.st_mode)
-        assert stat.S_IMODE(mounted_stat.st_mode) == stat.S_IMODE(source_stat.st_mode) & ~0o222
+        assert stat.S_IMODE(mounted_stat.st_mode) == stat.S_IMODE(source_stat.st_mode)
         assert mounted_stat.st_mtime_ns == source_stat.st_mtime_ns
     assert (mnt / "empty.txt").read_bytes() == b""
     assert (mnt / "deep/a/b/c/d/e/f/leaf.bin").read_bytes() == contents["deep/a/b/c/d/e/f/leaf.bin"]

@@ -25,7 +25,12 @@ def manifest() -> Manifest:
         chunk_size=65536,
         algorithm=Algorithm.AES_256_GCM_SIV,
         files=(file("a.txt", 5), file("sub/b.bin", 70000), file("sub/ü.txt", 0)),
-        dirs=(DirEntry("", 0o755, 1), DirEntry("sub", 0o755, 2), DirEntry("empty", 0o700, 3)),
+        dirs=(
+            DirEntry("", 0o755, 1),
+            DirEntry("sub", 0o755, 2),
+            DirEntry("empty", 0o700, 3),
+            DirEntry("sub/deeper", 0o6775, 4),
+        ),
     )
 
 
@@ -37,16 +42,28 @@ class FailingReader:
         raise self.error
 
 
-def test_tree_has_every_entry_with_read_only_modes():
+def test_tree_lists_dot_entries_links_and_modes_as_recorded_without_set_id_bits():
     nodes = build_tree(manifest())
     root = nodes[pyfuse3.ROOT_INODE]
-    assert root.names == [b"a.txt", b"empty", b"sub"]
     sub = nodes[root.children[b"sub"]]
-    assert sub.names == [b"b.bin", "ü.txt".encode()]
+    deeper = nodes[sub.children[b"deeper"]]
+    empty = nodes[root.children[b"empty"]]
+    assert root.entries == [
+        (b".", root.inode),
+        (b"..", root.inode),  # the root is its own parent
+        (b"a.txt", root.children[b"a.txt"]),
+        (b"empty", empty.inode),
+        (b"sub", sub.inode),
+    ]
+    assert [name for name, _ in sub.entries] == [b".", b"..", b"b.bin", b"deeper", "ü.txt".encode()]
+    assert sub.entries[1] == (b"..", root.inode)
+    assert (root.nlink, sub.nlink, deeper.nlink, empty.nlink) == (4, 3, 2, 2)
     leaf = nodes[sub.children[b"b.bin"]]
-    assert leaf.size == 70000 and leaf.mode == stat.S_IFREG | 0o444
-    assert nodes[root.children[b"empty"]].mode == stat.S_IFDIR | 0o500
-    assert len({n.inode for n in nodes.values()}) == len(nodes) == 6
+    assert leaf.size == 70000 and leaf.mode == stat.S_IFREG | 0o644 and leaf.nlink == 1
+    assert leaf.entries == []
+    assert empty.mode == stat.S_IFDIR | 0o700 and empty.size == 4096
+    assert deeper.mode == stat.S_IFDIR | 0o775  # set-user/group-ID dropped
+    assert len({n.inode for n in nodes.values()}) == len(nodes) == 7
 
 
 @pytest.mark.parametrize(
