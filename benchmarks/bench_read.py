@@ -9,7 +9,7 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   rand-1m     random 1 MiB preads, ops/s, cold start
   first-byte  time to the first 1 MiB after mounting, and peak plaintext memory, against
               decrypting the whole model into a RAM disk first (what an initContainer does)
-Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.workers).
+Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.daemon.workers).
 
 Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
 """

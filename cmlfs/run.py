@@ -20,7 +20,8 @@ import signal
 import time
 from types import FrameType
 
-from cmlfs.daemon import MountSettings, await_ready, fork_daemon, wait_exit
+from cmlfs.daemon.daemonize import await_ready, fork_daemon, wait_exit
+from cmlfs.daemon.settings import MountSettings
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.mountpoint import mount_entry, unmount
 

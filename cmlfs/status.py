@@ -47,7 +47,7 @@ from cmlfs.reader import ModelReader
 from cmlfs.units import format_size
 
 if TYPE_CHECKING:  # the status command imports this module without the FUSE stack
-    from cmlfs.workers import WorkerBoard
+    from cmlfs.daemon.workers import WorkerBoard
 
 log = logging.getLogger("cmlfs.status")
 

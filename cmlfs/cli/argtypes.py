@@ -42,7 +42,7 @@ def count(text: str) -> int:
 
 
 def workers(text: str) -> int:
-    from cmlfs.workers import MAX_WORKERS
+    from cmlfs.daemon.workers import MAX_WORKERS
 
     value = count(text)
     if not 1 <= value <= MAX_WORKERS:

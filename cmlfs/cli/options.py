@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 from cmlfs.cli import argtypes
+from cmlfs.daemon.settings import MountSettings
 from cmlfs.errors import StoreError
 from cmlfs.keys import FileKeySource, KeySettings, KeySource, key_source_from_uri
 from cmlfs.keys.attesters import ATTESTERS
-from cmlfs.reader.reader import DEFAULT_CACHE_BYTES
 from cmlfs.stores.base import StoreSettings, parse_header
 
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -229,7 +229,7 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-size",
         type=argtypes.size,
-        default=DEFAULT_CACHE_BYTES,
+        default=MountSettings.cache_bytes,
         metavar="SIZE",
         help="decrypted chunk cache budget (default 64M)",
     )
@@ -251,7 +251,7 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=argtypes.workers,
-        default=1,
+        default=MountSettings.workers,
         metavar="N",
         help="processes serving the mount, each fetching and decrypting on its own core "
         "with 1/N of the cache (default 1; more help where cores are free; not with "
@@ -266,7 +266,7 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--disk-cache-size",
         type=argtypes.size,
-        default=8 << 30,
+        default=MountSettings.disk_cache_bytes,
         metavar="SIZE",
         help="disk cache budget (default 8G)",
     )
@@ -289,10 +289,8 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path):
+def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path) -> MountSettings:
     """MountSettings from ``add_mount_options``, for ``store`` mounted at ``mountpoint``."""
-    from cmlfs.daemon import MountSettings
-
     status = None
     if args.http is not None:
         from cmlfs.status import StatusSettings, default_runtime_dir

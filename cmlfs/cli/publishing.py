@@ -189,8 +189,9 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import disable_core_dumps, open_model
+    from cmlfs.hardening import disable_core_dumps
     from cmlfs.manifest import MAX_MANIFEST_LEN
+    from cmlfs.model import open_model
     from cmlfs.stores import open_store
     from cmlfs.stores.base import ListingUnsupported
 
@@ -232,7 +233,8 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def verify(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import disable_core_dumps, open_model
+    from cmlfs.hardening import disable_core_dumps
+    from cmlfs.model import open_model
     from cmlfs.verify import verify_model
 
     disable_core_dumps()  # the key and every plaintext chunk are about to be in this process

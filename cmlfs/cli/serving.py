@@ -37,7 +37,8 @@ def add_mount(sub: argparse._SubParsersAction) -> None:
 
 
 def mount(args: argparse.Namespace) -> int:
-    from cmlfs.daemon import await_ready, fork_daemon, serve_reporting
+    from cmlfs.daemon.daemonize import await_ready, fork_daemon
+    from cmlfs.daemon.mount import serve_reporting
 
     logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.INFO)
     settings = mount_settings(args, args.store, args.mountpoint)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from cmlfs.daemon import open_model
 from cmlfs.keys import FileKeySource
+from cmlfs.model import open_model
 from cmlfs.reader import ModelReader
 from cmlfs.status import (
     MAX_CONNECTIONS,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cmlfs.daemon import READAHEAD_KB
+from cmlfs.daemon.mount import READAHEAD_KB
 from tests.conftest import mounted
 
 pytestmark = pytest.mark.fuse

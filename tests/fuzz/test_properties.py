@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmlfs.daemon import open_model
 from cmlfs.errors import CmlfsError, FormatError, StoreError
 from cmlfs.format.header import BLOB_MAGIC, BlobHeader
 from cmlfs.format.layout import HEADER_LEN, MAX_PLAINTEXT_SIZE
 from cmlfs.keys import FileKeySource
 from cmlfs.manifest import MANIFEST_MAGIC, MANIFEST_NAME, MAX_MANIFEST_LEN, read_envelope
+from cmlfs.model import open_model
 from cmlfs.stores.base import Identity, StoreSettings
 from cmlfs.stores.http import HttpStore, HttpTransport, parse_content_range
 from tests.fuzz import targets

@@ -1,0 +1,245 @@
+"""The FUSE lifecycle in the daemon process: key -> manifest -> mount -> ready -> signals ->
+unmount.
+
+``serve`` disables core dumps before the key exists, clears a stale mount, opens
+and checks the model (a wrong key or damaged manifest refuses the mount before
+anything is mounted), mounts, reports readiness, and unmounts on SIGTERM/SIGINT.
+With ``--workers`` it answers the kernel's INIT, forks the worker processes and
+supervises them instead of serving requests itself.
+"""
+
+import functools
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from cmlfs.daemon.settings import MountSettings, Notify
+from cmlfs.daemon.workers import WorkerBoard, WorkerSet, answer_init, fork_worker
+from cmlfs.errors import CmlfsError, MountError
+from cmlfs.fs import ModelFs
+from cmlfs.hardening import disable_core_dumps, keep_large_buffers, lock_memory
+from cmlfs.model import open_model
+from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
+from cmlfs.reader import ModelReader
+from cmlfs.reader.tuning import tuned_reader
+from cmlfs.stores.diskcache import DiskCache
+
+if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
+    from cmlfs.status import StatusServer
+
+log = logging.getLogger(__name__)
+
+# 1 MiB FUSE requests, several in flight: an 8 MiB window also sizes the read-around of
+# page faults on an mmapped model (safetensors), which cut a cold all-mpnet-base-v2 load
+# from 1.56x to 1.32x plaintext (benchmarks/RESULTS.md) without slowing other reads.
+READAHEAD_KB = 8192
+MAX_BACKGROUND = 64
+
+
+def serve(settings: MountSettings, notify: Notify) -> None:
+    """Mount and serve until unmounted or signalled; ``notify(None)`` once ready."""
+    disable_core_dumps()
+    keep_large_buffers()
+    lock_memory(settings.cache_bytes)
+    if not settings.mountpoint.is_dir():
+        raise MountError(f"mount point {settings.mountpoint} is not a folder")
+    if settings.workers > 1 and settings.threads:
+        raise MountError("--workers reads on each worker's event loop: leave out --threads")
+    if settings.workers > 1 and settings.disk_cache is not None:
+        raise MountError("--disk-cache is kept by one process: it cannot serve --workers")
+    if clear_stale_mount(settings.mountpoint):
+        log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
+    store, manifest, key = open_model(
+        settings.store,
+        settings.key_source,
+        settings.store_settings,
+        settings.key_settings,
+        settings.expected_key_id,
+    )
+    board = WorkerBoard(settings.workers) if settings.workers > 1 else None
+    disk_cache = None
+    if settings.disk_cache is not None:
+        disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
+    reader = tuned_reader(
+        manifest,
+        store,
+        key,
+        cache_bytes=settings.cache_bytes,
+        workers=settings.workers,
+        fetch_bytes=settings.fetch_bytes,
+        threads=settings.threads,
+        disk_cache=disk_cache,
+    )
+    operations = ModelFs(manifest, reader)
+    status = None
+    if settings.status:
+        from cmlfs.status import StatusServer
+
+        status = StatusServer(settings.status, settings.mountpoint, board or reader)
+    options = set(pyfuse3.default_options) | {"fsname=cmlfs", "subtype=cmlfs", "ro", "noatime"}
+    if settings.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(operations, str(settings.mountpoint), options)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount at {settings.mountpoint}: {exc}") from None
+    log.info(
+        "event=mounted mountpoint=%s store=%s files=%d",
+        settings.mountpoint,
+        store.describe(),
+        len(manifest.files),
+    )
+    try:
+        if board is None:
+            trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
+        else:
+            _supervise(settings, notify, status, operations, reader, board)
+    except BaseException:
+        log.exception("event=daemon_failed")
+        raise
+    finally:
+        unmount = mount_entry(settings.mountpoint) is not None
+        pyfuse3.close(unmount=unmount)
+        store.close()
+        if status is not None:
+            status.close()
+        log.info("event=unmounted mountpoint=%s", settings.mountpoint)
+
+
+def _supervise(
+    settings: MountSettings,
+    notify: Notify,
+    status: "StatusServer | None",
+    operations: ModelFs,
+    reader: ModelReader,
+    board: WorkerBoard,
+) -> None:
+    """Answer the kernel's INIT, fork the workers, and supervise them until they are gone.
+
+    Workers that exit while the mount stays, without a signal or an unmount asking them
+    to, make the daemon fail (and unmount), so that systemd or Kubernetes restarts it.
+    """
+    answer_init(operations)
+    budget = reader.cache.budget
+    workers = WorkerSet(
+        [
+            fork_worker(
+                lambda: lock_memory(budget),
+                functools.partial(trio.run, _serve_worker, slot, board, reader),
+            )
+            for slot in range(board.workers)
+        ]
+    )
+    log.info("event=workers_started pids=%s", ",".join(map(str, workers.pids)))
+    try:
+        trio.run(_serve_until_stopped, settings.mountpoint, notify, status, workers)
+        lost = not workers.stopped and mount_entry(settings.mountpoint) is not None
+    finally:
+        workers.stop()
+        workers.close()
+    if lost:
+        raise MountError("every worker process exited while mounted")
+
+
+async def _serve_until_stopped(
+    mountpoint: Path,
+    notify: Notify,
+    status: "StatusServer | None",
+    workers: WorkerSet | None = None,
+) -> None:
+    """Serve the mount here, or with ``workers`` supervise the processes that serve it."""
+    stop = pyfuse3.terminate if workers is None else workers.stop
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, stop)
+        if status is not None:
+            nursery.start_soon(status.serve)
+            notify = status.notifier(notify)
+        nursery.start_soon(_announce_ready, mountpoint, notify, stop)
+        if workers is None:
+            await pyfuse3.main()
+        else:
+            await workers.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> None:
+    """A worker's loop: serve FUSE requests, publishing its counters after every read."""
+    reader.after_read = functools.partial(board.publish, slot, reader)
+    reader.store.close()  # connections made before the fork would be shared between workers
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(stop: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("event=signal signal=%s", signal.Signals(signum).name)
+            stop()
+            return
+
+
+async def _announce_ready(mountpoint: Path, notify: Notify, stop: Callable[[], None]) -> None:
+    """Wait until the kernel answers for the mount, tune it, then report readiness."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    entry = mount_entry(mountpoint)
+    if entry is None or entry.fstype != FS_TYPE:
+        notify(f"the mount at {mountpoint} did not appear")
+        stop()
+        return
+    if os.geteuid() == 0:
+        await trio.to_thread.run_sync(tune_connection, mountpoint)
+    notify(None)
+
+
+def tune_connection(mountpoint: Path) -> None:
+    """Raise readahead and in-flight requests: sequential reads and mmap faults arrive as
+    several 1 MiB requests at once.
+
+    Only root can; a failure leaves the kernel defaults and is logged.
+    """
+    dev = os.stat(mountpoint).st_dev
+    settings = {
+        Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"): READAHEAD_KB,
+    }
+    connections = Path("/sys/fs/fuse/connections")
+    if connections.is_dir() and not any(connections.iterdir()):
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(connections)],
+            capture_output=True,
+            check=False,
+        )
+    control = connections / str(os.minor(dev))
+    settings[control / "max_background"] = MAX_BACKGROUND
+    settings[control / "congestion_threshold"] = MAX_BACKGROUND * 3 // 4
+    for path, value in settings.items():
+        try:
+            path.write_text(f"{value}\n")
+        except OSError as exc:
+            log.info("event=tuning_skipped path=%s reason=%s", path, exc.strerror)
+
+
+def serve_reporting(settings: MountSettings, notify: Notify) -> int:
+    """``serve`` with errors before readiness reported through ``notify``; returns an exit code."""
+    ready = False
+
+    def notify_once(error: str | None) -> None:
+        nonlocal ready
+        if not ready:
+            ready = error is None
+            notify(error)
+
+    try:
+        serve(settings, notify_once)
+    except CmlfsError as exc:
+        notify_once(str(exc))
+        raise
+    return 0

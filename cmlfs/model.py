@@ -1,0 +1,64 @@
+"""Opening a stored model: the store, the key, and the manifest checked against both.
+
+Used by the daemon before it mounts and by ``inspect`` and ``verify``. A model is
+returned only when its manifest authenticated under the key, matches a pinned key
+id and, for a key bundle, is the manifest the bundle pins; anything else is refused
+before a file of the model is read.
+"""
+
+import hmac
+
+from cmlfs.errors import IntegrityError, KeySourceError
+from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
+from cmlfs.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_LEN,
+    Manifest,
+    manifest_digest,
+    open_manifest,
+    read_envelope,
+)
+from cmlfs.stores import Store, StoreSettings, open_store
+
+
+def open_model(
+    store_location: str,
+    key_source: KeySource | None,
+    store_settings: StoreSettings | None = None,
+    key_settings: KeySettings | None = None,
+    expected_key_id: str | None = None,
+) -> tuple[Store, Manifest, bytes]:
+    """Open a store, obtain the key and authenticate the manifest with it.
+
+    The manifest's envelope is not authenticated until the key is known, so a
+    key URI recorded there is used only when the operator pinned the model's
+    key id: otherwise whoever controls the store could point the daemon at a
+    key of their own and have their own model mounted. A key bundle pins one
+    manifest digest: any other manifest (an older version rolled back in the
+    store, or another model under the same key) is refused before it is opened.
+    """
+    store = open_store(store_location, store_settings)
+    data = store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN)  # refused before it is allocated
+    envelope = read_envelope(data)
+    if expected_key_id is not None and envelope.key_id != expected_key_id:
+        raise IntegrityError(
+            f"the model in {store.describe()} is sealed for key id {envelope.key_id}, "
+            f"not the pinned {expected_key_id}"
+        )
+    if key_source is None:
+        if envelope.key_uri is None:
+            raise KeySourceError("the model records no key URI: give --key-file or --key-uri")
+        if expected_key_id is None:
+            raise KeySourceError(
+                "the key URI recorded in the store is not authenticated: pin the model with "
+                "--key-id ID (its owner publishes it; cmlfs inspect shows it) or give --key-uri"
+            )
+        key_source = key_source_from_uri(envelope.key_uri, key_settings)
+    release = key_source.fetch_release()
+    pinned = release.manifest_sha256
+    if pinned is not None and not hmac.compare_digest(pinned, manifest_digest(data)):
+        raise IntegrityError(
+            f"the manifest in {store.describe()} is not the one the released key bundle pins "
+            "(rolled back or replaced); refusing it"
+        )
+    return store, open_manifest(data, release.key), release.key
