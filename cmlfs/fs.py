@@ -1,10 +1,11 @@
 """The FUSE layer: a thin, read-only pyfuse3 ``Operations`` over a manifest and a ModelReader.
 
 It only translates requests: inode numbers to manifest entries, reads to
-``ModelReader.read``. Files are opened with the page cache kept (no direct_io),
-so re-reads never reach the daemon and mmap works with MAP_SHARED. Any error
-becomes an errno: integrity and store failures are EIO, and an unexpected
-exception is logged and also becomes EIO, so a handler never kills the daemon.
+``ModelReader.read`` (or a JWE folder's listing and ``JweReader.read``). Files are
+opened with the page cache kept (no direct_io), so re-reads never reach the daemon
+and mmap works with MAP_SHARED. Any error becomes an errno: integrity and store
+failures are EIO, and an unexpected exception is logged and also becomes EIO, so a
+handler never kills the daemon.
 """
 
 import errno
@@ -21,6 +22,7 @@ import pyfuse3
 from cmlfs.errors import CmlfsError
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
+from cmlfs.reader.jwe import JweListing, JweReader
 
 log = logging.getLogger("cmlfs.fs")
 
@@ -68,7 +70,7 @@ class Node:
     entries: list[tuple[bytes, int]] = field(default_factory=list)
 
 
-def build_tree(manifest: Manifest) -> dict[int, Node]:
+def build_tree(manifest: Manifest | JweListing) -> dict[int, Node]:
     """Inode table of the model: folders and files of the manifest, root at ROOT_INODE."""
     nodes: dict[int, Node] = {}
     by_path: dict[str, Node] = {}
@@ -97,7 +99,7 @@ def build_tree(manifest: Manifest) -> dict[int, Node]:
 class ModelFs(pyfuse3.Operations):
     """Read-only view of one model; all data comes from the reader."""
 
-    def __init__(self, manifest: Manifest, reader: ModelReader) -> None:
+    def __init__(self, manifest: Manifest | JweListing, reader: ModelReader | JweReader) -> None:
         super().__init__()
         self.reader = reader
         self.nodes = build_tree(manifest)

@@ -4,11 +4,16 @@ Used by the daemon before it mounts and by ``inspect`` and ``verify``. A model i
 returned only when its manifest authenticated under the key, matches a pinned key
 id and, for a key bundle, is the manifest the bundle pins; anything else is refused
 before a file of the model is read.
+
+A location without a manifest may be a KServe-style JWE model folder instead
+(``open_jwe_folder``): its listing and its key; each file authenticates on its own
+when read (cmlfs.reader.jwe).
 """
 
 import hmac
 
-from cmlfs.errors import IntegrityError, KeySourceError
+from cmlfs.errors import FormatError, IntegrityError, KeySourceError
+from cmlfs.format.jwe import JWE_SUFFIX, key_from_resource
 from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
 from cmlfs.manifest import (
     MANIFEST_NAME,
@@ -18,7 +23,9 @@ from cmlfs.manifest import (
     open_manifest,
     read_envelope,
 )
+from cmlfs.reader.jwe import JweListing, list_jwe_folder
 from cmlfs.stores import Store, StoreSettings, open_store
+from cmlfs.stores.base import ObjectMissing
 
 
 def open_model(
@@ -62,3 +69,38 @@ def open_model(
             "(rolled back or replaced); refusing it"
         )
     return store, open_manifest(data, release.key), release.key
+
+
+def holds_cmlfs_model(location: str, store_settings: StoreSettings | None = None) -> bool:
+    """Whether ``location`` holds a cmlfs model (a manifest) rather than JWE files."""
+    if location.split("?", 1)[0].lower().endswith(JWE_SUFFIX):
+        return False
+    store = open_store(location, store_settings)
+    try:
+        store.size(MANIFEST_NAME)
+    except ObjectMissing:
+        return False
+    finally:
+        store.close()
+    return True
+
+
+def open_jwe_folder(
+    location: str,
+    key_source: KeySource | None,
+    store_settings: StoreSettings | None = None,
+    show_plain: bool = False,
+) -> tuple[Store, JweListing, bytes]:
+    """Open a KServe-style JWE model folder: its listing, and the key as KServe reads the
+    released resource (raw bytes, a JWK, or a base64url ``k`` value)."""
+    if key_source is None:
+        raise KeySourceError("a JWE model folder records no key URI: give --key-file or --key-uri")
+    store = open_store(location, store_settings, files=True)
+    listing = list_jwe_folder(store, show_plain)
+    if not listing.jwe_files:
+        raise IntegrityError(f"{store.describe()} holds neither a cmlfs model nor a JWE file")
+    try:
+        key = key_from_resource(key_source.fetch_resource())
+    except FormatError as exc:
+        raise KeySourceError(f"{key_source.describe()}: {exc}") from None
+    return store, listing, key

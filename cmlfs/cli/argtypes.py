@@ -72,3 +72,12 @@ def listen_address(text: str) -> tuple[str, int]:
         return parse_listen(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cdh_address(text: str) -> str:
+    """HOST:PORT of the data hub; ``http://HOST:PORT`` too, the form of KServe's ``CDH_ADDR``."""
+    address = text.removeprefix("http://").rstrip("/")
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"a data hub address is HOST:PORT, not {text!r}")
+    return address

@@ -45,7 +45,8 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "--key-uri",
         metavar="URI",
         help="where the key comes from (file:///path, kbs://HOST:PORT/REPO/TYPE/TAG, "
-        "cdh:///REPO/TYPE/TAG); default: the URI recorded in the model",
+        "kbs:///REPO/TYPE/TAG or cdh:///REPO/TYPE/TAG through the data hub); default: the "
+        "URI recorded in the model",
     )
     parser.add_argument(
         "--key-id",
@@ -79,6 +80,14 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         help=f"configfs-tsm report folder (default {KeySettings.tsm_report_root})",
     )
     _add_kbs_ca(keys)
+    keys.add_argument(
+        "--cdh-address",
+        type=argtypes.cdh_address,
+        default=os.environ.get("CDH_ADDR", KeySettings.cdh_address),
+        metavar="HOST:PORT",
+        help="the CoCo data hub behind kbs:///... and cdh:///... key URIs (default: "
+        f"$CDH_ADDR as KServe reads it, else {KeySettings.cdh_address})",
+    )
 
 
 def key_settings(args: argparse.Namespace) -> KeySettings:
@@ -89,6 +98,7 @@ def key_settings(args: argparse.Namespace) -> KeySettings:
         insecure_http=args.insecure_http,
         tee_key_type=args.tee_key,
         tsm_report_root=args.tsm_root,
+        cdh_address=args.cdh_address,
     )
 
 
@@ -273,6 +283,13 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     add_store_options(p)
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument(
+        "--show-plain-files",
+        action="store_true",
+        help="a JWE model folder: also serve its files that are not JWE, as the store holds "
+        "them (unauthenticated: whoever can write to the store can change them); default: "
+        "left out",
+    )
+    p.add_argument(
         "--ready-timeout",
         type=float,
         default=300.0,
@@ -312,4 +329,5 @@ def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path) -> Mo
         key_settings=key_settings(args),
         expected_key_id=args.key_id,
         status=status,
+        show_plain=args.show_plain_files,
     )

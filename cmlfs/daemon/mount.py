@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +25,13 @@ from cmlfs.daemon.workers import WorkerBoard, WorkerSet, answer_init, fork_worke
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.fs import ModelFs
 from cmlfs.hardening import disable_core_dumps, keep_large_buffers, lock_memory
-from cmlfs.model import open_model
+from cmlfs.manifest import Manifest
+from cmlfs.model import holds_cmlfs_model, open_jwe_folder, open_model
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
+from cmlfs.reader.jwe import JweListing, JweReader
 from cmlfs.reader.tuning import tuned_reader
+from cmlfs.stores import LocalStore, Store
 from cmlfs.stores.diskcache import DiskCache
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
@@ -56,27 +59,13 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         raise MountError("--disk-cache is kept by one process: it cannot serve --workers")
     if clear_stale_mount(settings.mountpoint):
         log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
-    store, manifest, key = open_model(
-        settings.store,
-        settings.key_source,
-        settings.store_settings,
-        settings.key_settings,
-        settings.expected_key_id,
-    )
-    board = WorkerBoard(settings.workers) if settings.workers > 1 else None
-    disk_cache = None
-    if settings.disk_cache is not None:
-        disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
-    reader = tuned_reader(
-        manifest,
-        store,
-        key,
-        cache_bytes=settings.cache_bytes,
-        workers=settings.workers,
-        fetch_bytes=settings.fetch_bytes,
-        threads=settings.threads,
-        disk_cache=disk_cache,
-    )
+    board = background = None
+    if holds_cmlfs_model(settings.store, settings.store_settings):
+        store, manifest, reader = _open_model_reader(settings)
+        board = WorkerBoard(settings.workers) if settings.workers > 1 else None
+    else:
+        store, manifest, reader = _open_jwe_reader(settings)
+        background = reader.authenticate_all
     operations = ModelFs(manifest, reader)
     status = None
     if settings.status:
@@ -98,7 +87,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     )
     try:
         if board is None:
-            trio.run(_serve_until_stopped, settings.mountpoint, notify, status)
+            trio.run(_serve_until_stopped, settings.mountpoint, notify, status, None, background)
         else:
             _supervise(settings, notify, status, operations, reader, board)
     except BaseException:
@@ -111,6 +100,47 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         if status is not None:
             status.close()
         log.info("event=unmounted mountpoint=%s", settings.mountpoint)
+
+
+def _open_model_reader(settings: MountSettings) -> tuple[Store, Manifest, ModelReader]:
+    store, manifest, key = open_model(
+        settings.store,
+        settings.key_source,
+        settings.store_settings,
+        settings.key_settings,
+        settings.expected_key_id,
+    )
+    disk_cache = None
+    if settings.disk_cache is not None:
+        disk_cache = DiskCache(settings.disk_cache, settings.disk_cache_bytes)
+    reader = tuned_reader(
+        manifest,
+        store,
+        key,
+        cache_bytes=settings.cache_bytes,
+        workers=settings.workers,
+        fetch_bytes=settings.fetch_bytes,
+        threads=settings.threads,
+        disk_cache=disk_cache,
+    )
+    return store, manifest, reader
+
+
+def _open_jwe_reader(settings: MountSettings) -> tuple[Store, JweListing, JweReader]:
+    """A KServe-style JWE folder's reader, once at least one of its files authenticated
+    (else the mount is refused)."""
+    if settings.workers > 1 or settings.disk_cache is not None or settings.expected_key_id:
+        raise MountError(
+            "a JWE model folder is served by one process and has no key id: leave out "
+            "--workers, --disk-cache and --key-id"
+        )
+    store, listing, key = open_jwe_folder(
+        settings.store, settings.key_source, settings.store_settings, settings.show_plain
+    )
+    local = isinstance(store, LocalStore)
+    reader = JweReader(listing, store, key, settings.cache_bytes, inline=local)
+    reader.authenticate_one()
+    return store, listing, reader
 
 
 def _supervise(
@@ -153,11 +183,15 @@ async def _serve_until_stopped(
     notify: Notify,
     status: "StatusServer | None",
     workers: WorkerSet | None = None,
+    background: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve the mount here, or with ``workers`` supervise the processes that serve it."""
+    """Serve the mount here, or with ``workers`` supervise the processes that serve it;
+    ``background`` runs alongside (a JWE folder's authentication)."""
     stop = pyfuse3.terminate if workers is None else workers.stop
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, stop)
+        if background is not None:
+            nursery.start_soon(background)
         if status is not None:
             nursery.start_soon(status.serve)
             notify = status.notifier(notify)

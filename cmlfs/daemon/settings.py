@@ -34,3 +34,4 @@ class MountSettings:
     expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
     status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
     workers: int = 1  # >1: worker processes serve the mount (cmlfs.daemon.workers)
+    show_plain: bool = False  # a JWE folder's files that are not JWE are served, unauthenticated

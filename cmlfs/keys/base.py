@@ -20,6 +20,7 @@ class KeySettings:
     tee_key_type: TeeKeyType = "ec"  # ephemeral key: EC P-256 (ECDH-ES+A256KW) or RSA-OAEP-256
     timeout: float = 30.0  # seconds per HTTP request
     tsm_report_root: Path = TSM_REPORT_ROOT
+    cdh_address: str = "127.0.0.1:8006"  # HOST:PORT of the data hub behind cdh:/// and kbs:///
     ccel_path: Path = CCEL_PATH
 
 
@@ -38,4 +39,9 @@ class KeySource(Protocol):
 
     def fetch_release(self) -> ReleasedKey:
         """The released 32-byte model key, or KeySourceError with a one-line reason."""
+        ...
+
+    def fetch_resource(self) -> bytes:
+        """The released resource as it is (a KServe JWE key may be raw bytes, a JWK or a
+        base64url string), or KeySourceError with a one-line reason."""
         ...

@@ -4,8 +4,11 @@ Inside a CoCo pod the attestation agent and the confidential data hub (CDH) do
 the attestation; any container reads a released resource as plain bytes from
 ``GET http://127.0.0.1:8006/cdh/resource/<repo>/<type>/<tag>`` (200 and the
 bytes; 500 and a text reason on any failure). ``cdh:///REPO/TYPE/TAG`` uses
-that default address; ``cdh://HOST:PORT/REPO/TYPE/TAG`` overrides it. The data
-hub speaks plain HTTP, so a host other than loopback needs ``--insecure-http``.
+the configured address (``--cdh-address``, default 127.0.0.1:8006), and so does
+``kbs:///REPO/TYPE/TAG``, the resource ID as CoCo and KServe write it ("the broker
+this guest is configured for", which the data hub reaches);
+``cdh://HOST:PORT/REPO/TYPE/TAG`` names another address. The data hub speaks plain
+HTTP, so a host other than loopback needs ``--insecure-http``.
 """
 
 import ipaddress
@@ -18,8 +21,6 @@ from cmlfs.keys.bundle import MAX_RESOURCE_LEN, parse_resource
 from cmlfs.keys.rcar import resource_path
 from cmlfs.keys.transport import new_session, read_capped, send
 
-DEFAULT_CDH_ADDRESS = "127.0.0.1:8006"
-
 
 @dataclass(frozen=True)
 class CdhKeySource:
@@ -31,6 +32,9 @@ class CdhKeySource:
         return f"data hub cdh://{self.address}/{self.path}"
 
     def fetch_release(self) -> ReleasedKey:
+        return parse_resource(self.fetch_resource())
+
+    def fetch_resource(self) -> bytes:
         url = f"http://{self.address}/cdh/resource/{self.path}"
         with new_session(self.settings) as http:
             response = send(http, "GET", url, self.settings)
@@ -41,21 +45,23 @@ class CdhKeySource:
             raise KeySourceError(
                 f"data hub at {self.address} could not release {self.path}: HTTP {status}: {reason}"
             )
-        return parse_resource(body)
+        return body
 
 
 def cdh_key_source(uri: str, settings: KeySettings) -> CdhKeySource:
+    """The source of ``cdh://[HOST:PORT]/REPO/TYPE/TAG`` or ``kbs:///REPO/TYPE/TAG``."""
     parts = urlsplit(uri)
     segments = parts.path.split("/")
     if len(segments) != 4 or segments[0] or parts.query or parts.fragment:
-        raise KeySourceError(f"a data hub key URI is cdh:///REPO/TYPE/TAG, not {uri!r}")
-    address = parts.netloc or DEFAULT_CDH_ADDRESS
+        raise KeySourceError(f"a data hub key URI is {parts.scheme}:///REPO/TYPE/TAG, not {uri!r}")
+    address = parts.netloc or settings.cdh_address
     try:
-        host, port = parts.hostname or "127.0.0.1", parts.port
+        located = urlsplit(f"//{address}")
+        host, port = located.hostname, located.port
     except ValueError:
-        raise KeySourceError(f"invalid port in {uri!r}") from None
-    if parts.netloc and port is None:
-        raise KeySourceError(f"a data hub address needs a port: {uri!r}")
+        raise KeySourceError(f"invalid data hub address in {uri!r}") from None
+    if port is None or not host or located.username or located.password:
+        raise KeySourceError(f"a data hub address is HOST:PORT, not {address!r}")
     if not (_is_loopback(host) or settings.insecure_http):
         raise KeySourceError(
             f"the data hub speaks plain HTTP; {host} is not loopback (give --insecure-http)"

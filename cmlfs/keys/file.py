@@ -11,6 +11,7 @@ from pathlib import Path
 from cmlfs.errors import KeySourceError
 from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys.base import ReleasedKey
+from cmlfs.keys.bundle import MAX_RESOURCE_LEN
 
 
 class FileKeySource:
@@ -24,6 +25,17 @@ class FileKeySource:
         return ReleasedKey(self.fetch_key())
 
     def fetch_key(self) -> bytes:
+        key = self.fetch_resource()
+        if len(key) != MODEL_KEY_LEN:
+            raise KeySourceError(
+                f"key file {self.path} does not hold exactly {MODEL_KEY_LEN} raw bytes "
+                "(make one with 'cmlfs keygen')"
+            )
+        return key
+
+    def fetch_resource(self, limit: int = MAX_RESOURCE_LEN) -> bytes:
+        """The file's bytes (a JWE model's key may be a JWK or base64url text); refused
+        beyond ``limit``."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -31,15 +43,12 @@ class FileKeySource:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise KeySourceError(f"key file {self.path} is not a regular file")
-            key = os.read(fd, MODEL_KEY_LEN + 1)
+            data = os.read(fd, limit + 1)
         finally:
             os.close(fd)
-        if len(key) != MODEL_KEY_LEN:
-            raise KeySourceError(
-                f"key file {self.path} does not hold exactly {MODEL_KEY_LEN} raw bytes "
-                "(make one with 'cmlfs keygen')"
-            )
-        return key
+        if len(data) > limit:
+            raise KeySourceError(f"key file {self.path} is larger than {limit} bytes")
+        return data
 
 
 def generate_key_file(path: Path) -> None:

@@ -371,10 +371,12 @@ class KbsKeySource:
         return f"key broker {self.resource.uri}"
 
     def fetch_release(self) -> ReleasedKey:
+        return parse_resource(self.fetch_resource())
+
+    def fetch_resource(self) -> bytes:
         attester = select_attester(self.settings)
         with KbsClient(self.resource.base_url, attester, self.settings) as client:
-            data = client.get_resource(self.resource.path)
-        return parse_resource(data)
+            return client.get_resource(self.resource.path)
 
 
 def admin_token(admin_key_pem: Path) -> str:

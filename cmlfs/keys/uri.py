@@ -1,4 +1,5 @@
-"""Choosing a key source from a key URI: ``file:///path``, ``kbs://...``, ``cdh:///...``."""
+"""Choosing a key source from a key URI: ``file:///path``, ``kbs://HOST:PORT/...``,
+``kbs:///...`` (through the data hub), ``cdh:///...``."""
 
 import logging
 from pathlib import Path
@@ -29,15 +30,16 @@ def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySou
                 uri,
             )
         return FileKeySource(Path(unquote(parts.path)))
+    if parts.scheme == "cdh" or (parts.scheme == "kbs" and not parts.netloc):
+        # kbs:///REPO/TYPE/TAG: the broker this guest is configured for, through its data hub
+        from cmlfs.keys.cdh import cdh_key_source
+
+        return cdh_key_source(uri, settings)
     if parts.scheme == "kbs":
         # imported when used: requests and jwcrypto add ~0.1 s to every cmlfs start
         from cmlfs.keys.kbs import KbsKeySource, parse_kbs_uri
 
         return KbsKeySource(parse_kbs_uri(uri, settings), settings)
-    if parts.scheme == "cdh":
-        from cmlfs.keys.cdh import cdh_key_source
-
-        return cdh_key_source(uri, settings)
     raise KeySourceError(
         f"unsupported key URI scheme {parts.scheme!r} in {uri!r} (file, kbs or cdh)"
     )

@@ -12,24 +12,38 @@ from cmlfs.stores.base import Store, StoreSettings
 from cmlfs.stores.local import LocalStore
 
 
-def open_store(location: str, settings: StoreSettings | None = None, create: bool = False) -> Store:
+def open_store(
+    location: str, settings: StoreSettings | None = None, create: bool = False, files: bool = False
+) -> Store:
     """The store a STORE argument names: a folder path, ``file://``, ``http(s)://``,
-    ``s3://`` or ``oci://`` URL. ``create`` makes a missing local folder (push)."""
+    ``s3://`` or ``oci://`` URL. ``create`` makes a missing local folder (push).
+
+    ``files`` reads the location as a folder of ordinary files (a JWE model folder):
+    any relative name, listed recursively; over HTTP, which cannot list, the URL names
+    one ``.jwe`` file."""
     settings = settings or StoreSettings()
     if names_folder(location):
         root = Path(location.removeprefix("file://"))
         if create:
             root.mkdir(parents=True, exist_ok=True)
-        return LocalStore(root)
+        return LocalStore(root, files)
     scheme = _scheme(location)
     if scheme in ("http", "https"):
         from cmlfs.stores.http import HttpStore
 
-        return HttpStore(location, settings)
+        if not files:
+            return HttpStore(location, settings)
+        base, _, name = location.split("?", 1)[0].split("#", 1)[0].rpartition("/")
+        if not name.lower().endswith(".jwe"):
+            raise StoreError(
+                "an HTTP server cannot list a folder: give the URL of one .jwe file, "
+                "or use a folder, s3:// or oci:// location"
+            )
+        return HttpStore(base, settings, file=name)
     if scheme == "s3":
         from cmlfs.stores.s3 import S3Store
 
-        return S3Store(location, settings)
+        return S3Store(location, settings, files)
     if scheme == "oci":
         from cmlfs.stores.oci import OciStore
 

@@ -16,6 +16,7 @@ from typing import Protocol
 from cmlfs.errors import StoreError
 
 _NAME = re.compile(r"(manifest\.cmlfs|blobs/[0-9a-f]{64})")
+_MAX_FILE_NAME = 4096
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
 MAX_WHOLE_READ = 128 * 1024 * 1024
 
@@ -60,6 +61,23 @@ def check_name(name: str) -> str:
     """Refuse any object name outside the store layout (no traversal, no surprises)."""
     if not _NAME.fullmatch(name):
         raise StoreError(f"invalid store object name {name!r}")
+    return name
+
+
+def check_file_name(name: str) -> str:
+    """Refuse a name that is not a plain relative path (a folder of ordinary files, such as
+    a JWE model folder): no empty, ``.`` or ``..`` segment, no control characters."""
+    segments = name.split("/")
+    if (
+        not name.isprintable()
+        or "\\" in name
+        or len(name.encode("utf-8", "surrogateescape")) > _MAX_FILE_NAME
+        or any(
+            s in ("", ".", "..") or len(s.encode("utf-8", "surrogateescape")) > 255
+            for s in segments
+        )
+    ):
+        raise StoreError(f"invalid file name {name!r}")
     return name
 
 

@@ -348,8 +348,9 @@ def status_error(response: requests.Response) -> StoreError:
 class HttpStore(RangedStore):
     """A read-only store at an ``http(s)://`` base URL."""
 
-    def __init__(self, base_url: str, settings: StoreSettings) -> None:
+    def __init__(self, base_url: str, settings: StoreSettings, file: str | None = None) -> None:
         super().__init__()
+        self.file = file  # the one file of a single-file store (a JWE file's URL)
         try:
             parts = urlsplit(base_url)
             parts.port  # noqa: B018 - validates the port
@@ -372,6 +373,8 @@ class HttpStore(RangedStore):
         return safe_url(urlunsplit(self._parts))
 
     def list(self) -> list[str]:
+        if self.file is not None:
+            return [self.file]
         raise ListingUnsupported(f"{self.describe()}: an HTTP store cannot list its objects")
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
@@ -384,7 +387,9 @@ class HttpStore(RangedStore):
         self._transport.close()
 
     def _url(self, name: str) -> str:
-        return urlunsplit(self._parts._replace(path=f"{self._parts.path}/{check_name(name)}"))
+        if self.file is None or name != self.file:
+            check_name(name)
+        return urlunsplit(self._parts._replace(path=f"{self._parts.path}/{name}"))
 
     def _look_up(self, name: str) -> Identity:
         url = self._url(name)

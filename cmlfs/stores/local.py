@@ -1,4 +1,5 @@
-"""A store in a local folder: ``manifest.cmlfs`` and ``blobs/<sha256>``."""
+"""A store in a local folder: ``manifest.cmlfs`` and ``blobs/<sha256>``, or (``files``) a
+folder of ordinary files such as a JWE model folder, read-only."""
 
 import errno
 import os
@@ -6,14 +7,23 @@ import threading
 from pathlib import Path
 
 from cmlfs.errors import StoreError
-from cmlfs.stores.base import MAX_WHOLE_READ, ObjectMissing, Progress, check_name, read_whole
+from cmlfs.stores.base import (
+    MAX_WHOLE_READ,
+    ObjectMissing,
+    Progress,
+    check_file_name,
+    check_name,
+    read_whole,
+)
 
 
 class LocalStore:
     """Reads with ``pread`` on descriptors opened once and shared by all threads."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, files: bool = False) -> None:
         self.root = root
+        self.files = files
+        self._check = check_file_name if files else check_name
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         if not root.is_dir():
@@ -37,7 +47,21 @@ class LocalStore:
     def read_all(self, name: str, limit: int = MAX_WHOLE_READ) -> bytes:
         return read_whole(self, name, limit)
 
+    def _walk(self) -> list[str]:
+        """Every regular file under the root, not following symbolic links."""
+        names = []
+        for folder, dirs, files in os.walk(self.root, followlinks=False):
+            dirs.sort()
+            base = Path(folder).relative_to(self.root)
+            for name in sorted(files):
+                path = Path(folder, name)
+                if path.is_file() and not path.is_symlink():
+                    names.append((base / name).as_posix())
+        return names
+
     def list(self) -> list[str]:
+        if self.files:
+            return self._walk()
         names = []
         if (self.root / "manifest.cmlfs").is_file():
             names.append("manifest.cmlfs")
@@ -48,6 +72,8 @@ class LocalStore:
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
         """Copy ``source`` in under a temporary name, flush, then rename into place."""
+        if self.files:
+            raise StoreError(f"{self.root} is read as a folder of files; it takes no objects")
         target = self.root / check_name(name)
         size = source.stat().st_size
         if target.is_file() and target.stat().st_size == size and name != "manifest.cmlfs":
@@ -82,7 +108,7 @@ class LocalStore:
         fd = self._fds.get(name)
         if fd is not None:
             return fd
-        path = self.root / check_name(name)
+        path = self.root / self._check(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:

@@ -19,6 +19,7 @@ from cmlfs.stores.base import (
     Progress,
     RangedStore,
     StoreSettings,
+    check_file_name,
     check_name,
 )
 from cmlfs.stores.http import POOL_SIZE, parse_content_range, tls_error
@@ -43,8 +44,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Store(RangedStore):
     """Objects ``PREFIX/manifest.cmlfs`` and ``PREFIX/blobs/<sha256>`` in one bucket."""
 
-    def __init__(self, url: str, settings: StoreSettings) -> None:
+    def __init__(self, url: str, settings: StoreSettings, files: bool = False) -> None:
         super().__init__()
+        self.files = files  # any object under the prefix, as a folder of files (read-only)
         try:
             import boto3
             from boto3.s3.transfer import TransferConfig
@@ -81,9 +83,13 @@ class S3Store(RangedStore):
             return names
 
         listed = self._retry.call("list", collect)
+        if self.files:
+            return sorted(n for n in listed if not n.endswith("/"))  # not folder markers
         return sorted(n for n in listed if n == "manifest.cmlfs" or n.startswith("blobs/"))
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
+        if self.files:
+            raise StoreError(f"{self.describe()} is read as a folder of files; it takes no objects")
         size = source.stat().st_size
         key = self._key(name)
         if name != "manifest.cmlfs" and self._present(name, size):
@@ -113,7 +119,7 @@ class S3Store(RangedStore):
         self._client.close()
 
     def _key(self, name: str) -> str:
-        return self.prefix + check_name(name)
+        return self.prefix + (check_file_name(name) if self.files else check_name(name))
 
     def _look_up(self, name: str) -> Identity:
         return self._retry.call(name, lambda: self._head(name))

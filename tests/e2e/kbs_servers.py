@@ -8,6 +8,7 @@ that serves ``/cdh/resource/<repo>/<type>/<tag>`` as the real one does (200 and
 the bytes, 500 and a text reason).
 """
 
+import ipaddress
 import json
 import sys
 import threading
@@ -95,6 +96,10 @@ class ScriptedServer:
 
     routes: dict[tuple[str, str], Callable[[bytes], Reply]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    # The data hub's REST server (guest-components api-server-rest/src/router.rs): 403 to
+    # any peer that is not loopback, 405 to methods other than GET.
+    data_hub: bool = False
 
     def __post_init__(self) -> None:
         script = self
@@ -105,6 +110,10 @@ class ScriptedServer:
                 script.requests.append((self.command, self.path))
                 route = script.routes.get((self.command, self.path))
                 status, payload = route(body) if route else (404, b"URL NOT FOUND")
+                if script.data_hub and not ipaddress.ip_address(self.client_address[0]).is_loopback:
+                    status, payload = 403, b"Forbidden"
+                elif script.data_hub and self.command != "GET":
+                    status, payload = 405, b"Method Not Allowed"
                 self.send_response(status)
                 if self.path.endswith("/auth"):
                     self.send_header("Set-Cookie", "kbs-session-id=0123456789abcdef")
@@ -117,7 +126,7 @@ class ScriptedServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((self.host, 0), Handler)
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -173,7 +182,8 @@ def hostile_kbs() -> Iterator[HostileKbs]:
 
 @pytest.fixture
 def cdh() -> Iterator[ScriptedServer]:
-    """Stand-in for the CoCo data hub's REST API (api-server-rest) on a free loopback port."""
-    server = ScriptedServer()
+    """Stand-in for the CoCo data hub's REST API (guest-components api-server-rest) on a free
+    port of every address, answering only loopback peers as the real one does."""
+    server = ScriptedServer(host="0.0.0.0", data_hub=True)
     yield server
     server.stop()

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jwcrypto import jwk
 
 from cmlfs.format.keys import key_id
 from cmlfs.mountpoint import mount_entry
@@ -18,6 +19,7 @@ from tests.conftest import daemon_pid, mounted, run_cli, tree_digests, write_sam
 from tests.e2e.kbs_servers import DevKbsProcess, HostileKbs, kbs_error, start_dev_kbs
 from tests.e2e.stores_servers import free_port
 from tests.fake_configfs_tsm import running_fake_tsm
+from tests.jwe_helpers import make_jwe
 from tests.kbs_helpers import ed25519_pair
 
 pytestmark = pytest.mark.fuse
@@ -276,6 +278,64 @@ def test_data_hub_default_address_and_loopback_rule(encrypted_model, tmp_path):
     assert_refused(result, tmp_path / "mnt", "not loopback")
     result = run_cli("inspect", store, "--key-uri", "cdh:///a/b/c", check=False)
     assert "127.0.0.1:8006" in result.stderr and result.returncode != 0
+
+
+def test_kbs_resource_id_goes_through_the_data_hub(cdh, encrypted_model, tmp_path):
+    """``kbs:///REPO/TYPE/TAG`` (no host), as CoCo and KServe write it: the data hub at
+    --cdh-address, or at $CDH_ADDR in KServe's form."""
+    _, contents, store, key_file = encrypted_model
+    cdh.routes[("GET", "/cdh/resource/default/model/demo")] = lambda body: (
+        200,
+        key_file.read_bytes(),
+    )
+    uri = ("--key-uri", "kbs:///default/model/demo")
+    with mounted(store, tmp_path / "mnt", *uri, "--cdh-address", cdh.address) as mnt:
+        assert (mnt / "model.safetensors").read_bytes() == contents["model.safetensors"]
+    env = {**os.environ, "CDH_ADDR": f"http://{cdh.address}"}
+    with mounted(store, tmp_path / "mnt", *uri, env=env) as mnt:
+        assert (mnt / "config.json").read_bytes() == contents["config.json"]
+    assert cdh.requests == [("GET", "/cdh/resource/default/model/demo")] * 2
+    result = try_mount(store, tmp_path / "mnt", *uri, "--cdh-address", "192.0.2.1:8006")
+    assert_refused(result, tmp_path / "mnt", "not loopback")
+    result = try_mount(store, tmp_path / "mnt", "--key-uri", "kbs:///default/model")
+    assert_refused(result, tmp_path / "mnt", "kbs:///REPO/TYPE/TAG")
+
+
+def test_jwe_folder_with_its_key_from_the_data_hub(cdh, tmp_path):
+    """A KServe confidential model folder and its broker resource as they are: a JWK."""
+    key = jwk.JWK.generate(kty="oct", size=256)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    data = os.urandom(100_000)
+    (folder / "model.safetensors.jwe").write_bytes(make_jwe(data, key))
+    cdh.routes[("GET", "/cdh/resource/default/model/jwk")] = lambda body: (
+        200,
+        key.export().encode(),
+    )
+    uri = ("--key-uri", "kbs:///default/model/jwk", "--cdh-address", cdh.address)
+    with mounted(folder, tmp_path / "mnt", *uri) as mnt:
+        assert (mnt / "model.safetensors").read_bytes() == data
+
+
+def test_fake_data_hub_answers_only_loopback_get(cdh):
+    """The stand-in is as strict as guest-components' api-server-rest (router.rs)."""
+    import requests
+
+    cdh.routes[("GET", "/cdh/resource/a/b/c")] = lambda body: (200, b"k")
+    port = cdh.address.rpartition(":")[2]
+    assert requests.get(f"http://127.0.0.1:{port}/cdh/resource/a/b/c", timeout=5).content == b"k"
+    assert (
+        requests.post(f"http://127.0.0.1:{port}/cdh/resource/a/b/c", timeout=5).status_code == 405
+    )
+    others = [
+        a
+        for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+        if ":" not in a
+    ]
+    if not others:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    answer = requests.get(f"http://{others[0]}:{port}/cdh/resource/a/b/c", timeout=5)
+    assert (answer.status_code, answer.content) == (403, b"Forbidden")
 
 
 def test_key_file_uri_with_a_tee_attester_warns(encrypted_model):

@@ -1,0 +1,344 @@
+"""JweReader: plaintext reads of a KServe-style JWE model folder over a store.
+
+A compact JWE carries one GCM tag for the whole file, so a file serves no byte until
+all of its ciphertext authenticated: one streaming pass per file, in worker threads,
+several files at once, in listing order, except that a file being read goes first
+(a read waits for its file's pass). The pass keeps no plaintext; it records a short
+hash of every ciphertext chunk. Reads then fetch just the chunks they need, check
+each chunk's text against its recorded hash (so a store that changes after the pass
+gives IntegrityError, never other bytes) and decrypt it on its own (GCM's counter
+mode), into the same byte-budgeted chunk cache as ModelReader's.
+
+Files that are not JWE are unauthenticated: they are left out unless asked for, and
+then served as the store holds them. A JWE file that cannot be authenticated (bad
+structure, header, key or tag) is listed and reads fail with IntegrityError, logged
+once per file. Never returns a byte of a JWE file whose tag has not verified.
+"""
+
+import dataclasses
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from cmlfs.errors import CmlfsError, IntegrityError, StoreError
+from cmlfs.format.jwe import (
+    CHUNK_BYTES,
+    HEAD_BYTES,
+    JWE_MAGIC,
+    TAIL_BYTES,
+    Authenticator,
+    JweKey,
+    JweParts,
+    chunk_hash,
+    decrypt_chunk,
+    find_parts,
+    is_jwe_name,
+    open_parts,
+    served_name,
+)
+from cmlfs.manifest import DirEntry
+from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
+from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
+from cmlfs.stores.base import Store
+
+log = logging.getLogger("cmlfs.reader")
+
+DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
+AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
+MAX_FILES = 100_000
+FILE_MODE = 0o444
+DIR_MODE = 0o555
+
+
+@dataclass(frozen=True)
+class JweEntry:
+    """A file of the served tree: a JWE file (``parts``), a plain file shown on request,
+    or a JWE file that cannot be served (``problem``)."""
+
+    path: str  # as served: the store name without ``.jwe``
+    name: str  # the store object
+    size: int
+    mode: int
+    mtime_ns: int
+    parts: JweParts | None = None
+    problem: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.parts is None and self.problem is None
+
+
+@dataclass(frozen=True)
+class JweListing:
+    """The tree of a JWE model folder, shaped like a manifest's for the FUSE layer."""
+
+    files: list[JweEntry]
+    dirs: list[DirEntry]
+
+    @property
+    def jwe_files(self) -> list[int]:
+        return [i for i, f in enumerate(self.files) if not f.plain]
+
+
+def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
+    """Every JWE file of ``store`` (a ``.jwe`` suffix or the ``eyJ`` prefix), with its
+    plaintext size read from its structure; plain files too with ``show_plain``."""
+    names = store.list()
+    if len(names) > MAX_FILES:
+        raise StoreError(f"{store.describe()} holds more than {MAX_FILES} files")
+    now = time.time_ns()
+    files: dict[str, JweEntry] = {}
+    for name in names:
+        entry = _entry(store, name, show_plain, now)
+        if entry is None:
+            continue
+        other = files.get(entry.path)
+        if other is not None and (other.plain or not entry.plain):
+            log.warning("event=file_skipped path=%s reason=two files serve this name", entry.path)
+            files.pop(entry.path)
+        elif other is None:
+            files[entry.path] = entry
+    folders = {""}
+    for path in files:
+        parts = path.split("/")
+        folders.update("/".join(parts[:n]) for n in range(1, len(parts)))
+    for path in sorted(folders & files.keys()):
+        log.warning("event=file_skipped path=%s reason=a folder has this name", path)
+        del files[path]
+    dirs = [DirEntry(path, DIR_MODE, now) for path in sorted(folders)]
+    return JweListing([files[p] for p in sorted(files)], dirs)
+
+
+def _entry(store: Store, name: str, show_plain: bool, now: int) -> JweEntry | None:
+    size = store.size(name)
+    head = store.read_range(name, 0, min(size, HEAD_BYTES))
+    if not (is_jwe_name(name) or head.startswith(JWE_MAGIC)):
+        if show_plain:
+            return JweEntry(name, name, size, FILE_MODE, now)
+        log.warning("event=file_refused path=%s reason=not a JWE file (unauthenticated)", name)
+        return None
+    path = served_name(name)
+    tail = head[-TAIL_BYTES:] if size <= HEAD_BYTES else b""
+    if size > HEAD_BYTES:
+        tail = store.read_range(name, size - TAIL_BYTES, TAIL_BYTES)
+    try:
+        parts = find_parts(head, tail, size)
+    except CmlfsError as exc:  # logged when its authentication fails
+        # Not empty: the kernel answers reads of an empty file itself, and this one must fail.
+        return JweEntry(path, name, max(1, size), FILE_MODE, now, problem=str(exc))
+    return JweEntry(path, name, parts.ciphertext_size, FILE_MODE, now, parts)
+
+
+@dataclass
+class _Authenticated:
+    key: JweKey
+    hashes: list[bytes] = field(repr=False)
+
+
+class JweReader:
+    """Random-access plaintext reads of the files of one JWE listing (ModelReader's
+    interface: ``read``, ``stats``, ``cache``, ``store``, ``after_read``)."""
+
+    def __init__(
+        self,
+        listing: JweListing,
+        store: Store,
+        key: bytes,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        authenticators: int = DEFAULT_AUTHENTICATORS,
+        inline: bool = False,
+    ) -> None:
+        self.listing = listing
+        self.store = store
+        self.cache = ChunkCache(cache_bytes)
+        self.stats = ReaderStats()
+        self.after_read: Callable[[], object] | None = None
+        self._key = key
+        self._inline = inline
+        self._done: dict[int, _Authenticated] = {}
+        self._failed: dict[int, IntegrityError] = {}
+        self._authenticating: SingleFlight[_Authenticated] = SingleFlight()
+        self._chunks: SingleFlight[Span] = SingleFlight()
+        self._background = trio.CapacityLimiter(authenticators)
+        # Passes run in their own threads: a file being read must not queue behind the
+        # background passes (those are bounded by ``_background``).
+        self._passes = trio.CapacityLimiter(authenticators + 64)
+        self._limiter = trio.CapacityLimiter(max(authenticators, 2))
+        self._started = False
+
+    # --- authentication ----------------------------------------------------------------
+
+    def authenticate_one(self) -> None:
+        """Authenticate files, smallest first, until one passes, and every empty file
+        (blocking, before the mount): IntegrityError naming the first failure if none can.
+
+        An empty file that fails is listed with one byte, which reads fail: the kernel
+        answers reads of an empty file itself, so it must never be shown unchecked."""
+        files = self.listing.files
+        order = sorted(self.listing.jwe_files, key=lambda i: files[i].size)
+        passed = False
+        for index in order:
+            if passed and files[index].size:
+                return
+            try:
+                self._done[index] = self._authenticate(index)
+                passed = True
+            except IntegrityError as exc:
+                self._fail(index, exc)
+                if not files[index].size:
+                    files[index] = dataclasses.replace(files[index], size=1)
+        if passed:
+            return
+        reason = self._failed[order[0]] if order else "the folder holds no JWE file"
+        raise IntegrityError(f"no file of the model could be authenticated: {reason}")
+
+    async def authenticate_all(self) -> None:
+        """Authenticate every file in the background, ``authenticators`` at once, in
+        listing order; files being read have gone first."""
+        if self._started:
+            return
+        self._started = True
+        pending = iter(self.listing.jwe_files)
+
+        async def worker() -> None:
+            for index in pending:
+                async with self._background:
+                    try:
+                        await self._authenticated(index)
+                    except CmlfsError:
+                        pass  # logged; reads of the file report it
+                    except Exception:
+                        log.exception("event=authentication_crashed path=%s", self._path(index))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._background.total_tokens):
+                nursery.start_soon(worker)
+
+    async def _authenticated(self, index: int) -> _Authenticated:
+        """File ``index``'s key and chunk hashes, once its whole ciphertext authenticated."""
+        done = self._done.get(index)
+        if done is not None:
+            return done
+        if index in self._failed:
+            raise self._failed[index]
+        if not self._started:
+            trio.lowlevel.spawn_system_task(self.authenticate_all)
+        return await self._authenticating.run(index, lambda: self._authenticate_async(index))
+
+    async def _authenticate_async(self, index: int) -> _Authenticated:
+        try:
+            done = await run_in_thread(lambda: self._authenticate(index), self._passes)
+        except IntegrityError as exc:
+            self._fail(index, exc)
+            raise
+        except StoreError:
+            self.stats.store_errors += 1  # not recorded: a later read tries again
+            raise
+        self._done[index] = done
+        log.info("event=jwe_authenticated path=%s", self._path(index))
+        return done
+
+    def _authenticate(self, index: int) -> _Authenticated:
+        """One pass over file ``index``'s ciphertext (blocking); IntegrityError if any
+        part of it fails, StoreError if the store does."""
+        entry = self.listing.files[index]
+        if entry.problem is not None:
+            raise IntegrityError(f"{entry.path}: {entry.problem}")
+        parts = entry.parts
+        try:
+            key = open_parts(parts, self._key)
+            authenticator = Authenticator(key)
+            for first in range(0, parts.n_chunks, AUTH_READ_CHUNKS):
+                last = min(first + AUTH_READ_CHUNKS, parts.n_chunks) - 1
+                offset = parts.chunk_chars(first)[0]
+                end = sum(parts.chunk_chars(last))
+                text = self.store.read_range(entry.name, offset, end - offset)
+                for chunk in range(first, last + 1):
+                    start, length = parts.chunk_chars(chunk)
+                    authenticator.update(text[start - offset : start - offset + length])
+            return _Authenticated(key, authenticator.finish())
+        except StoreError:
+            raise
+        except CmlfsError as exc:
+            raise IntegrityError(f"{entry.path}: {exc}") from None
+
+    def _fail(self, index: int, error: IntegrityError) -> None:
+        self._failed[index] = error
+        log.error("event=jwe_refused path=%s reason=%s", self._path(index), error)
+
+    def _path(self, index: int) -> str:
+        return self.listing.files[index].path
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF);
+        never a byte of a file that has not authenticated."""
+        try:
+            return await self._read(index, offset, size)
+        except IntegrityError:
+            self.stats.integrity_failures += 1
+            raise
+        finally:
+            if self.after_read is not None:
+                self.after_read()
+
+    async def _read(self, index: int, offset: int, size: int) -> bytes | memoryview:
+        started = time.perf_counter()
+        entry = self.listing.files[index]
+        if entry.plain:
+            length = max(0, min(size, entry.size - offset))
+            result = await self._run(self.store.read_range, entry.name, offset, length)
+        else:
+            done = await self._authenticated(index)
+            end = min(offset + size, entry.size)
+            if offset >= end:
+                return b""
+            pieces = []
+            for chunk in range(offset // CHUNK_BYTES, (end - 1) // CHUNK_BYTES + 1):
+                span = await self._chunk(index, chunk, done)
+                start = max(offset, span.offset) - span.offset
+                pieces.append(memoryview(span.plaintext)[start : end - span.offset])
+            result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
+        self.stats.bytes_read += len(result)
+        self.stats.read_seconds.observe(time.perf_counter() - started)
+        return result
+
+    async def _chunk(self, index: int, chunk: int, done: _Authenticated) -> Span:
+        span = self.cache.find(index, chunk)
+        if span is not None:
+            return span
+        return await self._chunks.run((index, chunk), lambda: self._fetch(index, chunk, done))
+
+    async def _fetch(self, index: int, chunk: int, done: _Authenticated) -> Span:
+        plaintext = await self._run(self._open_chunk, index, chunk, done)
+        self.stats.store_requests += 1
+        self.stats.chunks_decrypted += 1
+        self.stats.bytes_decrypted += len(plaintext)
+        span = Span(index, chunk, chunk + 1, chunk * CHUNK_BYTES, plaintext)
+        self.cache.put(span)
+        return span
+
+    def _open_chunk(self, index: int, chunk: int, done: _Authenticated) -> bytearray:
+        """Chunk ``chunk``'s plaintext, if its text is still what was authenticated."""
+        entry = self.listing.files[index]
+        offset, length = entry.parts.chunk_chars(chunk)
+        text = self.store.read_range(entry.name, offset, length)
+        if not hmac.compare_digest(chunk_hash(text), done.hashes[chunk]):
+            raise IntegrityError(
+                f"{entry.path}: chunk {chunk} changed in the store after it was authenticated"
+            )
+        return bytearray(decrypt_chunk(done.key, chunk, text))
+
+    async def _run(self, function: Callable, *args: object):
+        try:
+            if self._inline:
+                return function(*args)
+            return await run_in_thread(lambda: function(*args), self._limiter)
+        except StoreError:
+            self.stats.store_errors += 1
+            raise

@@ -1,0 +1,186 @@
+"""KServe-style JWE model folders mounted through real mounts: bytes, tampering, keys.
+
+The JWE files are made with jwcrypto, as KServe's users make them (its confidential
+serving docs and kserve python/storage/kserve_storage/confidential/jwe_decryptor.py,
+which decrypts them with jwcrypto).
+"""
+
+import errno
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from jwcrypto import jwe, jwk
+
+from cmlfs.format.jwe import CHUNK_BYTES, CHUNK_CHARS
+from cmlfs.mountpoint import mount_entry
+from tests.conftest import mounted, run_cli
+from tests.jwe_helpers import flip_char, make_jwe, part_span
+
+CACHE = "1M"
+
+
+@pytest.fixture(scope="module")
+def jwe_model(tmp_path_factory):
+    """(folder, contents by served path, jwcrypto key) of a JWE model folder."""
+    root = tmp_path_factory.mktemp("jwe")
+    key = jwk.JWK.generate(kty="oct", size=256)
+    rng = random.Random(7)
+    contents = {
+        "config.json": json.dumps({"hidden_size": 384, "layers": 6}).encode(),
+        "model.safetensors": rng.randbytes(3 * CHUNK_BYTES + 12345),  # > the 1M cache
+        "tokenizer/vocab.txt": b"\n".join(b"tok%d" % i for i in range(5000)),
+        "empty.bin": b"",
+    }
+    folder = root / "model"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "config.json.jwe").write_bytes(make_jwe(contents["config.json"], key))
+    # No suffix: detected by the eyJ prefix; a direct key.
+    (folder / "model.safetensors").write_bytes(
+        make_jwe(contents["model.safetensors"], key, alg="dir")
+    )
+    (folder / "tokenizer/vocab.txt.jwe").write_bytes(
+        make_jwe(contents["tokenizer/vocab.txt"], key, alg="A256KW")
+    )
+    (folder / "empty.bin.jwe").write_bytes(make_jwe(b"", key, alg="dir"))
+    (folder / "README.md").write_text("not encrypted\n")
+    return folder, contents, key
+
+
+def key_forms(root: Path, key: jwk.JWK) -> dict[str, Path]:
+    """The key as KServe accepts it: a JWK, its base64url k value, raw bytes."""
+    forms = {
+        "jwk": key.export().encode(),
+        "k": key["k"].encode() + b"\n",
+        "raw": jwk.base64url_decode(key["k"]),
+    }
+    paths = {}
+    for name, data in forms.items():
+        paths[name] = root / f"key.{name}"
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize("form", ["jwk", "k", "raw"])
+def test_jwe_folder_reads_byte_for_byte(jwe_model, tmp_path, form):
+    folder, contents, key = jwe_model
+    key_file = key_forms(tmp_path, key)[form]
+    with mounted(folder, tmp_path / "mnt", "--key-file", key_file, "--cache-size", CACHE) as mnt:
+        served = sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*") if p.is_file())
+        assert served == sorted(contents)  # README.md (not JWE) is left out, .jwe dropped
+        for path, data in contents.items():
+            assert (mnt / path).read_bytes() == data, path
+        big = contents["model.safetensors"]
+        with open(mnt / "model.safetensors", "rb") as f:  # random ranges, across chunks
+            for offset in (CHUNK_BYTES - 7, 5, 2 * CHUNK_BYTES + 1, len(big) - 3):
+                assert os.pread(f.fileno(), 4096, offset) == big[offset : offset + 4096]
+
+
+def test_plain_files_only_when_asked(jwe_model, tmp_path):
+    folder, contents, key = jwe_model
+    key_file = key_forms(tmp_path, key)["jwk"]
+    with mounted(folder, tmp_path / "mnt", "--key-file", key_file, "--show-plain-files") as mnt:
+        assert (mnt / "README.md").read_text() == "not encrypted\n"
+        assert (mnt / "config.json").read_bytes() == contents["config.json"]
+
+
+def tampered_folder(root: Path, key: jwk.JWK) -> tuple[Path, dict[str, bytes]]:
+    """A folder with one good file and one file per kind of damage."""
+    rng = random.Random(3)
+    data = rng.randbytes(3 * CHUNK_BYTES + 999)
+    good = make_jwe(data, key)
+    ct_start, ct_end = part_span(good, 3)
+    damaged = {
+        "header": flip_char(good, 5),
+        "encrypted-key": flip_char(good, part_span(good, 1)[0] + 3),
+        "iv": flip_char(good, part_span(good, 2)[0] + 2),
+        "ciphertext-first": flip_char(good, ct_start),
+        "ciphertext-middle": flip_char(good, ct_start + CHUNK_CHARS + 100),
+        "ciphertext-last": flip_char(good, ct_end - 2),
+        "tag": flip_char(good, part_span(good, 4)[0] + 1),
+        "truncated": good[: ct_start + CHUNK_CHARS] + good[ct_end:],
+        # a ciphertext of 4n+1 characters: no whole number of bytes
+        "truncated-base64": good[: ct_end - ((ct_end - ct_start - 1) % 4 or 4)] + good[ct_end:],
+        "cut-off": good[: len(good) // 2],
+        "cbc": make_jwe(data[:1000], key, enc="A256CBC-HS512"),
+        "zip": make_jwe(data[:1000], key, zip="DEF"),
+        "gcmkw": make_jwe(data[:1000], key, alg="A256GCMKW"),
+        "other-key": make_jwe(data[:1000], jwk.JWK.generate(kty="oct", size=256)),
+        "empty-bad-tag": flip_char(make_jwe(b"", key), len(make_jwe(b"", key)) - 2),
+    }
+    crit = make_jwe(data[:1000], key)
+    header = jwe.base64url_encode(json.dumps({"alg": "A256KW", "enc": "A256GCM", "crit": ["x"]}))
+    damaged["crit"] = header.encode() + crit[crit.index(b".") :]
+    folder = root / "tampered"
+    folder.mkdir()
+    (folder / "good.bin.jwe").write_bytes(good)
+    for name, text in damaged.items():
+        (folder / f"{name}.jwe").write_bytes(text)
+    return folder, {"good.bin": data, **{name: b"" for name in damaged}}
+
+
+def test_every_tamper_reads_eio_with_no_wrong_byte(jwe_model, tmp_path):
+    _, _, key = jwe_model
+    folder, expected = tampered_folder(tmp_path, key)
+    key_file = key_forms(tmp_path, key)["jwk"]
+    log = tmp_path / "daemon.log"
+    args = ("--key-file", key_file, "--log-file", log, "--cache-size", CACHE)
+    with mounted(folder, tmp_path / "mnt", *args) as mnt:
+        assert (mnt / "good.bin").read_bytes() == expected["good.bin"]
+        for name in expected:
+            if name == "good.bin":
+                continue
+            with pytest.raises(OSError) as raised:
+                (mnt / name).read_bytes()
+            assert raised.value.errno == errno.EIO, name
+    refusals = [line for line in log.read_text().splitlines() if "event=jwe_refused" in line]
+    refused = {line.split("path=")[1].split()[0] for line in refusals}
+    assert refused == set(expected) - {"good.bin"}
+    assert len(refusals) == len(refused)  # one line per file, however often it was read
+    text = log.read_text()
+    for reason in ("'zip'", "'crit'", "A256CBC-HS512", "A256GCMKW", "tag does not authenticate"):
+        assert reason in text, reason
+
+
+def test_ciphertext_changed_after_authentication_reads_eio(jwe_model, tmp_path):
+    _, _, key = jwe_model
+    data = random.Random(5).randbytes(24 * CHUNK_BYTES)  # far beyond the kernel's readahead
+    folder = tmp_path / "model"
+    folder.mkdir()
+    text = make_jwe(data, key)
+    (folder / "weights.bin.jwe").write_bytes(text)
+    key_file = key_forms(tmp_path, key)["raw"]
+    mnt = tmp_path / "mnt"
+    args = ("--key-file", key_file, "--cache-size", CACHE)
+    with mounted(folder, mnt, *args), open(mnt / "weights.bin", "rb") as f:
+        assert f.read(10) == data[:10]  # authenticated now
+        ct_start = part_span(text, 3)[0]
+        at = ct_start + 20 * CHUNK_CHARS + 8
+        with open(folder / "weights.bin.jwe", "r+b") as store_file:
+            store_file.seek(at)
+            store_file.write(flip_char(text, at)[at : at + 1])
+        with pytest.raises(OSError) as raised:
+            os.pread(f.fileno(), 4096, 20 * CHUNK_BYTES)
+        assert raised.value.errno == errno.EIO
+        # An unchanged chunk still reads.
+        offset = 22 * CHUNK_BYTES
+        assert os.pread(f.fileno(), 4096, offset) == data[offset : offset + 4096]
+
+
+def test_mount_refused_when_nothing_authenticates(jwe_model, tmp_path):
+    folder, _, _ = jwe_model
+    wrong = tmp_path / "wrong.jwk"
+    wrong.write_text(jwk.JWK.generate(kty="oct", size=256).export())
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run_cli("mount", folder, mnt, "--key-file", wrong, check=False)
+    assert result.returncode != 0 and mount_entry(mnt) is None
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no file of the model could be authenticated" in lines[0], lines
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    result = run_cli("mount", plain, mnt, "--key-file", wrong, check=False)
+    assert result.returncode != 0 and "neither a cmlfs model nor a JWE file" in result.stderr

@@ -1,0 +1,122 @@
+"""cmlfs.format.jwe against JWE files made by jwcrypto: structure, keys, range decryption."""
+
+import json
+import os
+
+import pytest
+from jwcrypto import jwk
+
+from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
+from cmlfs.format.jwe import (
+    CHUNK_BYTES,
+    HEAD_BYTES,
+    TAIL_BYTES,
+    Authenticator,
+    b64url_decode,
+    decrypt_chunk,
+    find_parts,
+    key_from_resource,
+    open_parts,
+)
+from tests.jwe_helpers import make_jwe
+
+KEY_BITS = {"A128KW": 128, "A192KW": 192, "A256KW": 256}
+ENC_BITS = {"A128GCM": 128, "A192GCM": 192, "A256GCM": 256}
+
+
+def parts_of(text: bytes):
+    return find_parts(text[:HEAD_BYTES], text[-TAIL_BYTES:], len(text))
+
+
+def plaintext_of(text: bytes, key: bytes) -> bytes:
+    parts = parts_of(text)
+    opened = open_parts(parts, key)
+    authenticator = Authenticator(opened)
+    chunks = []
+    for chunk in range(parts.n_chunks):
+        offset, length = parts.chunk_chars(chunk)
+        authenticator.update(text[offset : offset + length])
+        chunks.append(text[offset : offset + length])
+    authenticator.finish()
+    return b"".join(decrypt_chunk(opened, i, c) for i, c in enumerate(chunks))
+
+
+@pytest.mark.parametrize(
+    ("alg", "enc"),
+    [
+        ("A128KW", "A128GCM"),
+        ("A192KW", "A192GCM"),
+        ("A256KW", "A256GCM"),
+        ("A256KW", "A128GCM"),
+        ("dir", "A128GCM"),
+        ("dir", "A192GCM"),
+        ("dir", "A256GCM"),
+    ],
+)
+def test_every_algorithm_kserve_accepts_decrypts_chunk_by_chunk(alg, enc):
+    bits = KEY_BITS.get(alg) or ENC_BITS[enc]
+    key = jwk.JWK.generate(kty="oct", size=bits)
+    data = os.urandom(2 * CHUNK_BYTES + 1001)
+    text = make_jwe(data, key, alg=alg, enc=enc)
+    assert plaintext_of(text, jwk.base64url_decode(key["k"])) == data
+
+
+def test_a_final_newline_is_allowed_and_nothing_else():
+    key = jwk.JWK.generate(kty="oct", size=256)
+    raw = jwk.base64url_decode(key["k"])
+    text = make_jwe(b"hello", key)
+    assert plaintext_of(text + b"\n", raw) == b"hello"
+    assert plaintext_of(text + b"\r\n", raw) == b"hello"
+    with pytest.raises(FormatError):
+        open_parts(parts_of(text + b" "), raw)
+
+
+def test_key_forms_as_kserve_reads_them():
+    key = jwk.JWK.generate(kty="oct", size=256)
+    raw = jwk.base64url_decode(key["k"])
+    assert key_from_resource(key.export().encode()) == raw
+    assert key_from_resource(key["k"].encode() + b"\n") == raw
+    raw_non_utf8 = b"\xff" + raw[1:]
+    assert key_from_resource(raw_non_utf8) == raw_non_utf8
+    with pytest.raises(FormatError, match="kty oct"):
+        key_from_resource(jwk.JWK.generate(kty="EC", crv="P-256").export().encode())
+    with pytest.raises(FormatError):
+        key_from_resource(b"not base64url!")
+
+
+def test_wrong_key_and_wrong_length():
+    key = jwk.JWK.generate(kty="oct", size=256)
+    text = make_jwe(b"x" * 100, key)
+    with pytest.raises(WrongKeyError, match="unwrap"):
+        open_parts(parts_of(text), os.urandom(32))
+    with pytest.raises(WrongKeyError, match="needs 32"):
+        open_parts(parts_of(text), os.urandom(16))
+    direct = make_jwe(b"x" * 100, key, alg="dir")
+    with pytest.raises(IntegrityError, match="tag"):
+        plaintext_of(direct, os.urandom(32))  # dir: only the tag can tell
+
+
+def test_strict_base64url():
+    assert b64url_decode(b"AAE", "x") == b"\x00\x01"
+    for bad in (b"AAF", b"AA=", b"A+B/", b"A", b"AA.A"):
+        with pytest.raises(FormatError):
+            b64url_decode(bad, "x")
+
+
+def test_header_is_refused_for_unknown_members_that_matter():
+    key = jwk.JWK.generate(kty="oct", size=256)
+    raw = jwk.base64url_decode(key["k"])
+    text = make_jwe(b"x", key)
+    rest = text[text.index(b".") :]
+    for header, reason in [
+        ({"alg": "A256KW", "enc": "A256GCM", "zip": "DEF"}, "'zip'"),
+        ({"alg": "A256KW", "enc": "A256GCM", "crit": ["exp"]}, "'crit'"),
+        ({"alg": "RSA-OAEP", "enc": "A256GCM"}, "alg"),
+        ({"alg": "A256KW", "enc": "A256CBC-HS512"}, "enc"),
+    ]:
+        encoded = jwk.base64url_encode(json.dumps(header)).encode()
+        with pytest.raises(FormatError, match=reason):
+            open_parts(parts_of(encoded + rest), raw)
+    duplicate = jwk.base64url_encode('{"alg":"dir","alg":"A256KW","enc":"A256GCM"}').encode()
+    with pytest.raises(FormatError):
+        open_parts(parts_of(duplicate + rest), raw)
