@@ -1,4 +1,4 @@
-"""Stand-ins for an Azure confidential VM: swtpm as its vTPM, the paravisor, the metadata service."""
+"""Stand-ins for an Azure CVM: swtpm as its vTPM, the paravisor, the metadata service."""
 
 import os
 
