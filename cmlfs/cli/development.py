@@ -11,9 +11,11 @@ def add_dev_kbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "dev-kbs",
         help="run a development key broker (tests and demos only, never production)",
-        description="A key broker speaking Trustee's KBS protocol 0.4.0 that verifies only "
-        "'sample' evidence, stores resources in clear in --repository, and applies the JSON "
-        "resource policy of docs/KEYS.md. Development and tests only.",
+        description="A key broker speaking Trustee's KBS protocol 0.4.0 that verifies "
+        "'sample' evidence and Azure vTPM evidence (az-snp-vtpm, az-tdx-vtpm, against the "
+        "vendor roots given by --amd-chain and --intel-root), stores resources in clear in "
+        "--repository, and applies the JSON resource policy of docs/KEYS.md. Development "
+        "and tests only.",
     )
     p.add_argument("--repository", type=Path, required=True, metavar="DIR")
     p.add_argument(
@@ -36,6 +38,20 @@ def add_dev_kbs(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="session lifetime (default 300)",
     )
+    p.add_argument(
+        "--amd-chain",
+        type=Path,
+        metavar="PEM",
+        help="ASK then ARK (AMD KDS cert_chain format) that az-snp-vtpm VCEKs must chain to; "
+        "Trustee uses AMD's own; without it az-snp-vtpm evidence is refused",
+    )
+    p.add_argument(
+        "--intel-root",
+        type=Path,
+        metavar="PEM",
+        help="root certificate az-tdx-vtpm TD quotes' PCK chains must end in (Trustee uses "
+        "Intel's via DCAP); without it az-tdx-vtpm evidence is refused",
+    )
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this chain")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     p.set_defaults(func=dev_kbs)
@@ -55,6 +71,8 @@ def dev_kbs(args: argparse.Namespace) -> int:
     config = DevKbsConfig(
         repository=args.repository,
         admin_public_key=args.admin_public_key,
+        amd_chain=args.amd_chain,
+        intel_root=args.intel_root,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         **{name: value for name, value in given.items() if value is not None},

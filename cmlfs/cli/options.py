@@ -61,9 +61,10 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "--attester",
         choices=ATTESTERS,
         default=KeySettings.attester,
-        help="TEE evidence for the key broker: auto (the configfs-tsm TEE of this machine; "
-        "never falls back to sample), tdx, snp, or sample (no TEE, proves nothing; "
-        "development only). Default auto",
+        help="TEE evidence for the key broker: auto (the configfs-tsm TEE of this machine, "
+        "else an Azure vTPM holding an HCL report; never falls back to sample), tdx, snp, "
+        "az-snp-vtpm or az-tdx-vtpm (Azure confidential VMs, through the vTPM), or sample "
+        "(no TEE, proves nothing; development only). Default auto",
     )
     keys.add_argument(
         "--tee-key",
@@ -78,6 +79,28 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         default=KeySettings.tsm_report_root,
         metavar="DIR",
         help=f"configfs-tsm report folder (default {KeySettings.tsm_report_root})",
+    )
+    keys.add_argument(
+        "--tpm-tcti",
+        default=KeySettings.tpm_tcti,
+        metavar="TCTI",
+        help=f"tpm2-tss TCTI of the vTPM for az-*-vtpm evidence (default {KeySettings.tpm_tcti})",
+    )
+    keys.add_argument(
+        "--metadata-url",
+        type=argtypes.metadata_url,
+        default=KeySettings.metadata_url,
+        metavar="URL",
+        help="Azure instance metadata service, for the VCEK and TD quotes "
+        f"(default {KeySettings.metadata_url})",
+    )
+    keys.add_argument(
+        "--vtpm-report-wait",
+        type=argtypes.seconds,
+        default=KeySettings.vtpm_report_wait,
+        metavar="SECONDS",
+        help="time the paravisor is given to renew the HCL report after the request "
+        f"(default {KeySettings.vtpm_report_wait:g}, as Azure's tooling waits)",
     )
     _add_kbs_ca(keys)
     keys.add_argument(
@@ -99,6 +122,9 @@ def key_settings(args: argparse.Namespace) -> KeySettings:
         tee_key_type=args.tee_key,
         tsm_report_root=args.tsm_root,
         cdh_address=args.cdh_address,
+        tpm_tcti=args.tpm_tcti,
+        metadata_url=args.metadata_url,
+        vtpm_report_wait=args.vtpm_report_wait,
     )
 
 

@@ -1,8 +1,9 @@
 """dev-kbs: a development key broker speaking Trustee's KBS protocol "0.4.0".
 
-For tests and demos only (``cmlfs dev-kbs``): it verifies only ``sample``
-evidence, keeps resources in clear on its disk, and applies a small JSON
-resource policy instead of Rego. Never run it as a production key broker.
+For tests and demos only (``cmlfs dev-kbs``): it verifies ``sample`` evidence
+and Azure vTPM evidence (against vendor roots given by option), keeps resources
+in clear on its disk, and applies a small JSON resource policy instead of Rego.
+Never run it as a production key broker.
 """
 
 from cmlfs.devkbs.policy import ALLOW_ALL, Policy, PolicyError, parse_policy

@@ -1,8 +1,9 @@
 """dev-kbs HTTP server: Trustee's KBS protocol "0.4.0" for development and tests only.
 
-Endpoints (as Trustee's): ``POST /kbs/v0/auth``, ``POST /kbs/v0/attest`` (only
-``sample`` evidence is verified: it recomputes the JCS/SHA-384 runtime-data
-digest and compares ``report_data``), ``GET /kbs/v0/resource/<repo>/<type>/<tag>``
+Endpoints (as Trustee's): ``POST /kbs/v0/auth``, ``POST /kbs/v0/attest`` (it
+recomputes the JCS/SHA-384 runtime-data digest and checks ``sample`` evidence's
+``report_data``, or Azure vTPM evidence with ``vtpm.py`` against the vendor
+roots given by ``--amd-chain``/``--intel-root``), ``GET /kbs/v0/resource/<repo>/<type>/<tag>``
 (a JWE to the attested tee-pubkey, after the resource policy allowed it),
 admin ``POST /kbs/v0/resource/...`` and ``POST /kbs/v0/resource-policy``, and
 ``GET /healthz``. Errors are Trustee's ``{type, detail}`` bodies, 401 for all
@@ -12,8 +13,9 @@ Admin requests need an EdDSA bearer JWT when an admin public key is configured;
 without one they are accepted only from loopback peers, and the server then
 refuses to listen on anything but loopback (fail closed).
 
-It is not a production broker: ``sample`` evidence proves nothing, and
-resources are stored in clear in the repository folder.
+It is not a production broker: ``sample`` evidence proves nothing, vendor
+roots are whatever its options say, and resources are stored in clear in the
+repository folder.
 """
 
 import hmac
@@ -35,6 +37,9 @@ from cmlfs.devkbs.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
 from cmlfs.devkbs.repository import MAX_RESOURCE_LEN, Repository, RepositoryError
 from cmlfs.devkbs.sessions import Session, SessionStore
 from cmlfs.devkbs.tokens import TokenError, TokenSigner, tee_of, verify_admin_token
+from cmlfs.devkbs.verify import VerifyError
+from cmlfs.devkbs.vtpm import TEES as VTPM_TEES
+from cmlfs.devkbs.vtpm import TrustRoots, verify_vtpm
 from cmlfs.errors import CmlfsError
 from cmlfs.keys.rcar import (
     API_PREFIX,
@@ -81,6 +86,8 @@ class DevKbsConfig:
     port: int = 8080
     policy: Policy = ALLOW_ALL
     admin_public_key: Path | None = None
+    amd_chain: Path | None = None  # ASK+ARK PEM the az-snp-vtpm VCEK must chain to
+    intel_root: Path | None = None  # root certificate the az-tdx-vtpm TD quote must chain to
     session_ttl: float = 300.0
     token_ttl: float = 300.0
     tls_cert: Path | None = None
@@ -97,6 +104,12 @@ class DevKbs:
         self.sessions = SessionStore(config.session_ttl)
         self.signer = TokenSigner(config.token_ttl)
         self.admin_key = _load_admin_key(config.admin_public_key)
+        try:
+            self.roots = TrustRoots.load(config.amd_chain, config.intel_root)
+        except (OSError, ValueError) as exc:
+            raise DevKbsError(
+                f"cannot load a vendor root (--amd-chain/--intel-root): {exc}"
+            ) from None
         if self.admin_key is None and not _is_loopback(config.host):
             raise DevKbsError(
                 f"refusing to listen on {config.host} without --admin-public-key: "
@@ -184,7 +197,7 @@ class DevKbs:
             raise _attest_failed("nonce does not match the session's challenge")
         tee_pubkey = _tee_pubkey(runtime["tee-pubkey"])
         expected = runtime_data_digest(session.nonce, tee_pubkey, evidence["additional_evidence"])
-        claims = _verify_evidence(session.tee, evidence["primary_evidence"], expected)
+        claims = self.verify_evidence(session.tee, evidence["primary_evidence"], expected)
         runtime_claims = {
             "nonce": session.nonce,
             "tee-pubkey": tee_pubkey,
@@ -193,6 +206,14 @@ class DevKbs:
         session.token = self.signer.issue(session.tee, claims, runtime_claims)
         log.info("event=attested tee=%s session=%s", session.tee, session.id[:8])
         return session, {"token": session.token}
+
+    def verify_evidence(self, tee: str, evidence: object, expected: bytes) -> dict:
+        if tee not in VTPM_TEES:
+            return _verify_evidence(tee, evidence, expected)
+        try:
+            return verify_vtpm(tee, evidence, expected, self.roots)
+        except VerifyError as exc:
+            raise _attest_failed(f"{tee} evidence: {exc}") from None
 
     def release(self, path: str, session_id: str | None, bearer: str | None) -> dict:
         session = self.sessions.get(session_id)
@@ -297,7 +318,9 @@ def _tee_pubkey(raw: object) -> dict:
 def _verify_evidence(tee: str, evidence: object, expected: bytes) -> dict:
     """The sample verifier: report_data must be base64 of exactly the expected digest."""
     if tee != "sample":
-        raise _attest_failed(f"dev-kbs has no verifier for {tee} evidence (only sample)")
+        raise _attest_failed(
+            f"dev-kbs has no verifier for {tee} evidence (sample, az-snp-vtpm, az-tdx-vtpm)"
+        )
     if not isinstance(evidence, dict) or not isinstance(evidence.get("svn"), str):
         raise _attest_failed("sample evidence is not {svn, report_data}")
     try:
