@@ -43,7 +43,7 @@ from cmlfs.format.jwe import (
 from cmlfs.manifest import DirEntry
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
-from cmlfs.stores.base import Store
+from cmlfs.stores.base import Store, StoreStats
 
 log = logging.getLogger("cmlfs.reader")
 
@@ -141,7 +141,7 @@ class _Authenticated:
 
 class JweReader:
     """Random-access plaintext reads of the files of one JWE listing (ModelReader's
-    interface: ``read``, ``stats``, ``cache``, ``store``, ``after_read``)."""
+    interface: ``read``, ``stats``, ``cache``, ``store``, ``store_stats``, ``after_read``)."""
 
     def __init__(
         self,
@@ -169,6 +169,10 @@ class JweReader:
         self._passes = trio.CapacityLimiter(authenticators + 64)
         self._limiter = trio.CapacityLimiter(max(authenticators, 2))
         self._started = False
+
+    @property
+    def store_stats(self) -> StoreStats:
+        return self.store.stats
 
     # --- authentication ----------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
-from cmlfs.stores.base import Store
+from cmlfs.stores.base import Store, StoreStats
 from cmlfs.stores.diskcache import DiskCache
 
 log = logging.getLogger("cmlfs.reader")
@@ -153,6 +153,11 @@ class ModelReader:
         self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
         self._frontier: dict[int, int] = {}  # per file: the chunk prefetching goes on from
+
+    @property
+    def store_stats(self) -> StoreStats:
+        """The store's own counters, so metrics read a reader and a WorkerBoard alike."""
+        return self.store.stats
 
     async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).

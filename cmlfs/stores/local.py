@@ -11,6 +11,7 @@ from cmlfs.stores.base import (
     MAX_WHOLE_READ,
     ObjectMissing,
     Progress,
+    StoreStats,
     check_file_name,
     check_name,
     read_whole,
@@ -24,6 +25,7 @@ class LocalStore:
         self.root = root
         self.files = files
         self._check = check_file_name if files else check_name
+        self.stats = StoreStats()  # a folder is never retried: stays zero
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         if not root.is_dir():
