@@ -14,6 +14,7 @@ from cmlfs.stores.base import (
     StoreStats,
     check_file_name,
     check_name,
+    check_range,
     read_whole,
 )
 
@@ -38,8 +39,12 @@ class LocalStore:
         return os.fstat(self._fd(name)).st_size
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._fd(name)
+        if length <= 0 or offset < 0:  # no pread to make, or one that would not say why
+            check_range(name, offset, length, os.fstat(fd).st_size)
+            return b""
         try:
-            data = os.pread(self._fd(name), length, offset)
+            data = os.pread(fd, length, offset)
         except OSError as exc:
             raise StoreError(f"{name}: read failed: {os.strerror(exc.errno)}") from None
         if len(data) != length:

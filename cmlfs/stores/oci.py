@@ -329,7 +329,8 @@ class OciStore(RangedStore):
         )
 
     def _descriptor(self, name: str) -> Descriptor:
-        descriptor = self._artifact().get(check_name(name))
+        check_name(name)  # before the registry is asked for anything
+        descriptor = self._artifact().get(name)
         if descriptor is None:
             raise ObjectMissing(f"{name}: not part of {self.describe()}")
         return descriptor
