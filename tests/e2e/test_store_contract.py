@@ -384,6 +384,7 @@ def test_a_missing_object_is_object_missing_and_never_retried(backend, store):
     if backend.proxy:  # HEAD for http and s3; oci knows from its image manifest
         asked = backend.requests(absent, "HEAD") + backend.requests(absent, "GET")
         assert asked <= 3, "a missing object was asked for more than once per call"
+    assert store.stats.retries == 0
 
 
 @pytest.mark.parametrize("name", ["../manifest.cmlfs", "blobs/ABC", "blobs/" + "0" * 63, ""])
@@ -426,6 +427,7 @@ def test_a_replaced_object_never_reads_as_its_new_version(backend, own, tmp_path
             with pytest.raises(ObjectChanged, match=r"replaced|changed"):
                 store.read_range(MANIFEST, 0, len(first))
             assert backend.requests(MANIFEST) == before + 1, "a changed object was retried"
+            assert store.stats.retries == 0
         fresh = backend.open(location)
         assert fresh.read_all(MANIFEST) == version
         fresh.close()
@@ -467,6 +469,7 @@ def test_a_transient_fault_on_a_read_is_retried_with_the_right_bytes(backend, st
     assert backend.proxy.pending() == []
     seen = backend.proxy.requests(big.removeprefix("blobs/"))
     assert [s.fault for s in seen] == [fault, None]
+    assert store.stats.retries == 1
     assert seen[0].range == seen[1].range == f"bytes={offset}-{offset + length - 1}"
 
 
@@ -481,6 +484,7 @@ def test_a_fault_on_the_first_look_up_is_retried(backend, store, shared):
         backend.proxy.inject("503", path=big.removeprefix("blobs/"), method="HEAD")
     assert store.size(big) == SIZE
     assert backend.proxy.pending() == []
+    assert store.stats.retries == 1
 
 
 @network
@@ -496,6 +500,7 @@ def test_a_fault_that_lasts_fails_after_the_attempts_and_the_store_recovers(
         store.read_range(big, 0, SIZE)
     assert not isinstance(failed.value, TransientStoreError)
     assert backend.requests(big) == ATTEMPTS
+    assert store.stats.retries == ATTEMPTS - 1
     backend.proxy.reset()
     assert store.read_range(big, 0, SIZE) == objects[big]
 
