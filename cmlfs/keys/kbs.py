@@ -316,7 +316,12 @@ def broker_error(response: requests.Response, what: str) -> BrokerError:
     return BrokerError(f"{what} failed: HTTP {status} {response.reason or ''}".rstrip(), "", status)
 
 
+# Trustee answers a refused admin token with AdminAuthAccess on its own endpoints and,
+# through its plugin path, with AdminAuthInitialization (kbs/src/api_server.rs).
+_ADMIN_HINT = " (the broker refused the admin request: check --admin-key)"
 _HINTS = {
+    "AdminAuthAccess": _ADMIN_HINT,
+    "AdminAuthInitialization": _ADMIN_HINT,
     "PolicyDeny": " (the broker's resource policy does not release this key to this machine)",
     "PluginInternalError": " (no such resource on the broker, or it could not be read)",
     "PluginNotFound": " (the broker's resource plugin is not enabled)",
