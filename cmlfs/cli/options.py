@@ -10,13 +10,17 @@ function next to it; every command that uses the group then has it.
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmlfs.cli import argtypes
 from cmlfs.daemon.settings import MountSettings
-from cmlfs.errors import StoreError
+from cmlfs.errors import CmlfsError, StoreError
 from cmlfs.keys import FileKeySource, KeySettings, KeySource, key_source_from_uri
 from cmlfs.keys.attesters import ATTESTERS
 from cmlfs.stores.base import StoreSettings, parse_header
+
+if TYPE_CHECKING:
+    from cmlfs.keys.kbs import AdminIdentity
 
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -150,15 +154,39 @@ def _add_kbs_ca(parser: Parser) -> None:
 
 
 def add_broker_admin_options(parser: argparse.ArgumentParser) -> None:
-    """``--admin-key``, ``--kbs-ca`` and ``--insecure-http`` of commands that write to a broker."""
+    """``--admin-key`` (with its ``iss``/``aud``), ``--kbs-ca`` and ``--insecure-http`` of
+    commands that write to a broker."""
     parser.add_argument(
         "--admin-key",
         type=Path,
         metavar="PEM",
-        help="Ed25519 private key that signs the broker's admin token (EdDSA JWT)",
+        help="Ed25519 private key that signs the broker's admin token (EdDSA JWT, role admin)",
+    )
+    parser.add_argument(
+        "--admin-issuer",
+        metavar="ISS",
+        help="'iss' claim of the admin token, for a Trustee whose admin identity provider "
+        "entry names an issuer (it must match exactly)",
+    )
+    parser.add_argument(
+        "--admin-audience",
+        metavar="AUD",
+        help="'aud' claim of the admin token, for a Trustee whose admin identity provider "
+        "entry names an audience",
     )
     _add_kbs_ca(parser)
     add_insecure_http(parser)
+
+
+def broker_admin_identity(args: argparse.Namespace) -> "AdminIdentity | None":
+    """Who signs admin tokens, from ``add_broker_admin_options``; None: send no token."""
+    from cmlfs.keys.kbs import AdminIdentity
+
+    if args.admin_key is None:
+        if args.admin_issuer is not None or args.admin_audience is not None:
+            raise CmlfsError("--admin-issuer and --admin-audience go with --admin-key")
+        return None
+    return AdminIdentity(args.admin_key, args.admin_issuer, args.admin_audience)
 
 
 def broker_admin_settings(args: argparse.Namespace) -> KeySettings:

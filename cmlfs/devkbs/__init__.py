@@ -8,7 +8,7 @@ resource policy instead of Rego. It parses and refuses bodies as Trustee does
 loopback unless told otherwise.
 """
 
-from cmlfs.devkbs.policy import ALLOW_ALL, DEFAULT_POLICY, Policy, PolicyError, parse_policy
+from cmlfs.devkbs.policy import DEFAULT_POLICY, Policy, PolicyError, parse_policy
 from cmlfs.devkbs.server import (
     BANNER,
     LISTEN_ANYWHERE_OPTION,
@@ -20,7 +20,6 @@ from cmlfs.devkbs.server import (
 )
 
 __all__ = [
-    "ALLOW_ALL",
     "BANNER",
     "DEFAULT_POLICY",
     "LISTEN_ANYWHERE_OPTION",

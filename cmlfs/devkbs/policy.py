@@ -60,7 +60,6 @@ class Policy:
         return self.default == "allow"
 
 
-ALLOW_ALL = Policy("allow")
 DEFAULT_POLICY = Policy("allow", (Rule("deny", ("sample",), "*", peer="remote"),))
 
 

@@ -126,6 +126,8 @@ class DevKbs:
                 f"releases keys to unverifiable evidence; pass {LISTEN_ANYWHERE_OPTION} to "
                 "serve other machines anyway"
             )
+        if self.admin_key is None and (config.admin_issuer or config.admin_audience):
+            raise DevKbsError("--admin-issuer and --admin-audience need --admin-public-key")
         if self.admin_key is None and not _is_loopback(config.host):
             raise DevKbsError(
                 f"refusing to listen on {config.host} without --admin-public-key: "

@@ -15,6 +15,7 @@ from cmlfs.keys.attesters import SampleAttester
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import make_bundle
 from cmlfs.keys.kbs import (
+    AdminIdentity,
     BrokerError,
     KbsClient,
     TeeKeyPair,
@@ -220,20 +221,36 @@ def test_admin_api_with_an_ed25519_key(tmp_path):
         with pytest.raises(BrokerError, match=r"AdminAuthInitialization: .*Bearer header"):
             register_resource(uri, KEY, SETTINGS)
         with pytest.raises(BrokerError, match="Cannot verify token with any of the issuers"):
-            register_resource(uri, KEY, SETTINGS, intruder)
-        register_resource(uri, KEY, SETTINGS, admin)
+            register_resource(uri, KEY, SETTINGS, AdminIdentity(intruder))
+        register_resource(uri, KEY, SETTINGS, AdminIdentity(admin))
         assert (repository / PATH).read_bytes() == KEY
         assert (repository / PATH).stat().st_mode & 0o077 == 0
     finally:
         kbs.stop()
 
 
+def test_admin_token_carries_the_issuer_and_audience_a_broker_checks(admin_devkbs):
+    """Trustee's bearer_jwt identity provider entry with `issuer` and `audience`."""
+    kbs, admin = admin_devkbs
+    uri = kbs_uri(kbs)
+    for partial in (
+        AdminIdentity(admin),
+        AdminIdentity(admin, "idp"),
+        AdminIdentity(admin, audience="kbs"),
+    ):
+        with pytest.raises(BrokerError, match="Cannot verify token") as refused:
+            register_resource(uri, KEY, SETTINGS, partial)
+        assert "--admin-issuer" in str(refused.value)
+    register_resource(uri, KEY, SETTINGS, AdminIdentity(admin, "idp", "kbs"))
+    assert (kbs.repository.root / PATH).read_bytes() == KEY
+
+
 def test_admin_key_must_be_ed25519(tmp_path):
     with pytest.raises(KeySourceError, match="cannot read admin key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
     (tmp_path / "x").write_text("junk")
     with pytest.raises(KeySourceError, match="not a PEM private key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
     (tmp_path / "x").write_bytes(
         ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,
@@ -242,7 +259,7 @@ def test_admin_key_must_be_ed25519(tmp_path):
         )
     )
     with pytest.raises(KeySourceError, match="not an Ed25519 private key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
 
 
 def test_open_admin_api_only_on_loopback(tmp_path):

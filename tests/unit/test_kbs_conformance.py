@@ -28,14 +28,13 @@ import requests
 import rfc8785
 from jwcrypto import jwk, jwt
 
-from cmlfs.devkbs import DevKbs, DevKbsConfig
+from cmlfs.devkbs import DevKbs
 from cmlfs.errors import KeySourceError
 from cmlfs.keys.attesters import SampleAttester
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.kbs import BrokerError, KbsClient, TeeKeyPair
 from cmlfs.keys.rcar import TEE_TYPES
 from tests.e2e.kbs_servers import ScriptedServer, kbs_error
-from tests.kbs_helpers import ed25519_pair
 
 ERRORS = "https://github.com/confidential-containers/kbs/errors/"
 SETTINGS = KeySettings(attester="sample", insecure_http=True)
@@ -471,27 +470,12 @@ def test_devkbs_policy_text_errors_are_policy_engine_errors(devkbs):
 # --- admin tokens: trustee kbs/src/admin (bearer_jwt, regex_acl) ---------------------------
 
 
-@pytest.fixture
-def admin_kbs(tmp_path):
-    """dev-kbs with an admin key and Trustee's identity-provider checks (iss, aud)."""
-    private, public = ed25519_pair(tmp_path, "admin")
-    repository = tmp_path / "repository"
-    repository.mkdir()
-    config = DevKbsConfig(
-        repository, port=0, admin_public_key=public, admin_issuer="idp", admin_audience="kbs"
-    )
-    kbs = DevKbs(config).start()
-    kbs.admin_signing_key = jwk.JWK.from_pem(private.read_bytes())
-    yield kbs
-    kbs.stop()
-
-
-def _admin_token(kbs: DevKbs, **claims) -> dict:
+def _admin_token(private_pem, **claims) -> dict:
     now = int(time.time())
     base = {"iat": now, "exp": now + 300, "role": "admin", "iss": "idp", "aud": ["kbs", "x"]}
     body = {k: v for k, v in {**base, **claims}.items() if v is not None}
     token = jwt.JWT(header={"alg": "EdDSA", "typ": "JWT"}, claims=body)
-    token.make_signed_token(kbs.admin_signing_key)
+    token.make_signed_token(jwk.JWK.from_pem(private_pem.read_bytes()))
     return {"Authorization": f"Bearer {token.serialize()}"}
 
 
@@ -514,8 +498,10 @@ ADMIN_REFUSALS = [
 
 
 @pytest.mark.parametrize(("claims", "reason"), ADMIN_REFUSALS)
-def test_devkbs_refuses_admin_tokens_trustee_refuses(admin_kbs, claims, reason):
-    headers = _admin_token(admin_kbs, **claims)
+def test_devkbs_refuses_admin_tokens_trustee_refuses(admin_devkbs, claims, reason):
+    # the broker checks iss "idp" and aud "kbs", as an identity provider entry naming both
+    admin_kbs, private = admin_devkbs
+    headers = _admin_token(private, **claims)
     policy = {"policy": base64.urlsafe_b64encode(b'{"default":"deny"}').rstrip(b"=").decode()}
     reply = _post(admin_kbs, "resource-policy", policy, headers=headers)
     # api_server.rs: the built-in endpoint wraps the admin error in AdminAuthAccess
@@ -528,14 +514,16 @@ def test_devkbs_refuses_admin_tokens_trustee_refuses(admin_kbs, claims, reason):
     assert not (admin_kbs.repository.root / PATH).exists()
 
 
-def test_devkbs_admin_needs_a_bearer_header(admin_kbs):
+def test_devkbs_admin_needs_a_bearer_header(admin_devkbs):
+    admin_kbs, _ = admin_devkbs
     reply = _post(admin_kbs, f"resource/{PATH}", KEY)
     detail = "failed to initialize [admin] configuration: Failed to parse HTTP Auth Bearer header"
     assert_kbs_error(reply, 401, "AdminAuthInitialization", detail)
 
 
 @pytest.mark.parametrize("aud", ["kbs", ["other", "kbs"]], ids=["string", "list"])
-def test_devkbs_takes_admin_tokens_trustee_takes(admin_kbs, aud):
-    reply = _post(admin_kbs, f"resource/{PATH}", KEY, headers=_admin_token(admin_kbs, aud=aud))
+def test_devkbs_takes_admin_tokens_trustee_takes(admin_devkbs, aud):
+    admin_kbs, private = admin_devkbs
+    reply = _post(admin_kbs, f"resource/{PATH}", KEY, headers=_admin_token(private, aud=aud))
     assert reply.status_code == 200, reply.text
     assert (admin_kbs.repository.root / PATH).read_bytes() == KEY
