@@ -49,7 +49,7 @@ from cmlfs.units import format_size
 if TYPE_CHECKING:  # the status command imports this module without the FUSE stack
     from cmlfs.daemon.workers import WorkerBoard
 
-log = logging.getLogger("cmlfs.status")
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 2.0  # seconds a statvfs on the mount may take before /readyz says no
 REQUEST_TIMEOUT = 5.0  # seconds a client has to send its request head

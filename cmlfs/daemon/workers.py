@@ -32,7 +32,7 @@ from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import READ_SECONDS_BOUNDS, ReaderStats
 from cmlfs.stores.base import StoreStats
 
-log = logging.getLogger("cmlfs.workers")
+log = logging.getLogger(__name__)
 
 MAX_WORKERS = 16
 _FUSE_DEV_IOC_CLONE = 0x8004E500  # _IOR(229, 0, uint32_t), linux/fuse.h

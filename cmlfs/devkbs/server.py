@@ -61,7 +61,7 @@ from cmlfs.keys.rcar import (
     runtime_data_digest,
 )
 
-log = logging.getLogger("cmlfs.devkbs")
+log = logging.getLogger(__name__)
 
 BANNER = (
     "cmlfs dev-kbs is for DEVELOPMENT AND TESTS ONLY, not a production key broker: "

@@ -49,7 +49,7 @@ from cmlfs.keys.rcar import (
 )
 from cmlfs.keys.transport import UnreachableError, new_session, read_capped, send
 
-log = logging.getLogger("cmlfs.keys.kbs")
+log = logging.getLogger(__name__)
 
 MAX_JSON_RESPONSE = 1 << 20  # challenge, token: EAR tokens with TDX claims are tens of KiB
 MAX_RESOURCE_RESPONSE = 64 * 1024  # a JWE of a key or a key bundle is well under 8 KiB

@@ -45,7 +45,7 @@ from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
 from cmlfs.stores.base import Store, StoreStats
 
-log = logging.getLogger("cmlfs.reader")
+log = logging.getLogger(__name__)
 
 DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating

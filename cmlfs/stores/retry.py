@@ -16,7 +16,7 @@ from typing import TypeVar
 from cmlfs.errors import StoreError
 from cmlfs.stores.base import StoreStats
 
-log = logging.getLogger("cmlfs.stores")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

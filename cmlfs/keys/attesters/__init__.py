@@ -16,7 +16,7 @@ from cmlfs.keys.attesters.configfs_tsm import SnpAttester, TdxAttester, detect_t
 from cmlfs.keys.attesters.sample import SampleAttester
 from cmlfs.keys.base import KeySettings
 
-log = logging.getLogger("cmlfs.keys.attesters")
+log = logging.getLogger(__name__)
 
 ATTESTERS = ("auto", "tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm", "sample")
 
