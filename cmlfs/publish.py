@@ -1,22 +1,24 @@
 """Encrypting a model folder into a store folder (the model owner's side).
 
-Reads plaintext only from the source folder and writes only ciphertext: each
-regular file becomes one blob ``blobs/<sha256 of the blob>``, then the sealed
-``manifest.cmlfs`` is written last, so a store without a manifest is visibly
-incomplete. On failure everything written is removed.
+Reads plaintext only from the source folder (or, importing, from the authenticated
+files of a JWE model folder, in memory) and writes only ciphertext: each file
+becomes one blob ``blobs/<sha256 of the blob>``, then the sealed ``manifest.cmlfs``
+is written last, so a store without a manifest is visibly incomplete. On failure
+everything written is removed.
 """
 
 import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cmlfs.errors import CmlfsError, FormatError
 from cmlfs.format.aead import Algorithm
 from cmlfs.format.header import BlobSealer
+from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.format.layout import DEFAULT_CHUNK_SIZE, ChunkLayout
 from cmlfs.manifest import (
     MANIFEST_NAME,
@@ -26,6 +28,8 @@ from cmlfs.manifest import (
     check_path,
     seal_manifest,
 )
+from cmlfs.reader.jwe import JweEntry, JweListing, authenticate_file, open_chunk
+from cmlfs.stores import Store
 
 Progress = Callable[[int], None]
 
@@ -41,6 +45,18 @@ class EncryptSettings:
     model_name: str = ""
     model_version: str = ""
     key_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class PlainFile:
+    """A file to seal: its place in the model, and its plaintext as blocks in order
+    (any sizes; they must add up to ``size``)."""
+
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    blocks: Callable[[], Iterable[bytes | bytearray | memoryview]]
 
 
 @dataclass(frozen=True)
@@ -97,11 +113,25 @@ def encrypt_model(
     store_real = os.path.realpath(store)
     if os.path.commonpath([src_real, store_real]) == src_real:
         raise PublishError("the store folder must not be inside the source folder")
+    plain = [_disk_file(f, settings.chunk_size) for f in files]
+    return seal_model(plain, dirs, store, model_key, settings, progress)
+
+
+def seal_model(
+    files: Iterable[PlainFile],
+    dirs: Iterable[DirEntry],
+    store: Path,
+    model_key: bytes,
+    settings: EncryptSettings,
+    progress: Progress = lambda n: None,
+) -> Manifest:
+    """Seal ``files`` into the empty or new folder ``store``; on any failure (a file's
+    blocks raising, or not adding up to its size) remove everything written."""
     created = _prepare_store(store)
     try:
         blobs = store / "blobs"
         blobs.mkdir()
-        entries = tuple(_encrypt_file(f, blobs, model_key, settings, progress) for f in files)
+        entries = tuple(_seal_file(f, blobs, model_key, settings, progress) for f in files)
         manifest = Manifest(
             name=settings.model_name,
             version=settings.model_version,
@@ -117,41 +147,94 @@ def encrypt_model(
         raise
 
 
+def import_jwe_folder(
+    store: Store,
+    listing: JweListing,
+    key: bytes,
+    target: Path,
+    settings: EncryptSettings,
+    progress: Progress = lambda n: None,
+) -> Manifest:
+    """Seal the files of a KServe-style JWE folder into the new cmlfs store ``target``
+    with the same key: each file is authenticated whole first, then decrypted chunk by
+    chunk (each checked against its hash from that pass) straight into its blob. Any
+    failure leaves nothing behind. ``progress`` counts both passes."""
+    if len(key) != MODEL_KEY_LEN:
+        raise PublishError(
+            f"the JWE folder's key is {len(key)} bytes; a cmlfs store is sealed with a "
+            f"{MODEL_KEY_LEN}-byte key: encrypt the model with a new key instead"
+        )
+
+    def file(entry: JweEntry) -> PlainFile:
+        def blocks() -> Iterator[bytearray]:
+            done = authenticate_file(store, entry, key, progress)
+            for chunk in range(entry.parts.n_chunks):
+                yield open_chunk(store, entry, done, chunk)
+
+        return PlainFile(entry.path, entry.size, entry.mode, entry.mtime_ns, blocks)
+
+    files = [file(entry) for entry in listing.files]
+    return seal_model(files, listing.dirs, target, key, settings, progress)
+
+
 def total_bytes(src: Path) -> int:
     return sum(f.stat.st_size for f in scan_source(src)[0])
 
 
-def _encrypt_file(
-    source: SourceFile, blobs: Path, model_key: bytes, settings: EncryptSettings, progress: Progress
+def _disk_file(source: SourceFile, block_size: int) -> PlainFile:
+    def blocks() -> Iterator[bytes]:
+        with open(source.real, "rb") as reader:
+            if os.fstat(reader.fileno()).st_size != source.stat.st_size:
+                raise PublishError(f"{source.path} changed while it was being encrypted")
+            while block := reader.read(block_size):
+                yield block
+
+    mode = stat.S_IMODE(source.stat.st_mode)
+    return PlainFile(source.path, source.stat.st_size, mode, source.stat.st_mtime_ns, blocks)
+
+
+def _chunks(file: PlainFile, layout: ChunkLayout) -> Iterator[bytes | memoryview]:
+    """``file``'s plaintext cut into ``layout``'s chunks; PublishError unless it holds
+    exactly ``layout.plaintext_size`` bytes."""
+    index, pending = 0, b""
+    for block in file.blocks():
+        data = pending + block if pending else block
+        view, at = memoryview(data), 0
+        while index < layout.n_chunks and len(view) - at >= layout.chunk_len(index):
+            yield view[at : at + layout.chunk_len(index)]
+            at += layout.chunk_len(index)
+            index += 1
+        pending = bytes(view[at:])
+        if index == layout.n_chunks and pending:
+            break
+    if index != layout.n_chunks or pending:
+        raise PublishError(f"{file.path} changed while it was being encrypted")
+
+
+def _seal_file(
+    file: PlainFile, blobs: Path, model_key: bytes, settings: EncryptSettings, progress: Progress
 ) -> FileEntry:
-    layout = ChunkLayout(settings.chunk_size, source.stat.st_size)
+    layout = ChunkLayout(settings.chunk_size, file.size)
     sealer = BlobSealer(model_key, layout, settings.algorithm)
     header = sealer.header.pack()
     plain_hash = hashlib.sha256()
     blob_hash = hashlib.sha256(header)
     partial = blobs / f".partial-{os.urandom(8).hex()}"
-    with open(source.real, "rb") as reader, open(partial, "xb") as writer:
-        if os.fstat(reader.fileno()).st_size != layout.plaintext_size:
-            raise PublishError(f"{source.path} changed while it was being encrypted")
+    with open(partial, "xb") as writer:
         writer.write(header)
-        for index in range(layout.n_chunks):
-            chunk = reader.read(layout.chunk_len(index))
-            if len(chunk) != layout.chunk_len(index):
-                raise PublishError(f"{source.path} changed while it was being encrypted")
+        for index, chunk in enumerate(_chunks(file, layout)):
             plain_hash.update(chunk)
             record = sealer.seal_chunk(index, chunk)
             blob_hash.update(record)
             writer.write(record)
             progress(len(chunk))
-        if reader.read(1):
-            raise PublishError(f"{source.path} changed while it was being encrypted")
     name = blob_hash.hexdigest()
     os.rename(partial, blobs / name)
     return FileEntry(
-        path=source.path,
+        path=file.path,
         size=layout.plaintext_size,
-        mode=stat.S_IMODE(source.stat.st_mode),
-        mtime_ns=source.stat.st_mtime_ns,
+        mode=file.mode,
+        mtime_ns=file.mtime_ns,
         blob=name,
         blob_size=layout.blob_size,
         header_sha256=hashlib.sha256(header).hexdigest(),

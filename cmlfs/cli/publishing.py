@@ -17,6 +17,7 @@ from cmlfs.cli.options import (
     key_source,
     store_settings,
 )
+from cmlfs.errors import CmlfsError
 from cmlfs.keys import FileKeySource, generate_key_file
 from cmlfs.manifest import MANIFEST_NAME, read_envelope
 from cmlfs.publish import EncryptSettings
@@ -69,23 +70,8 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_encrypt(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "encrypt",
-        help="encrypt a model folder into a new store folder",
-        description="Encrypt every regular file under SRC_DIR (nested folders, any UTF-8 names) "
-        "into the new or empty folder STORE_DIR: one blob per file and a sealed manifest. "
-        "Symlinks are followed only to files inside SRC_DIR.",
-    )
-    p.add_argument("src", type=Path, metavar="SRC_DIR")
-    p.add_argument("store", type=Path, metavar="STORE_DIR")
-    p.add_argument(
-        "--key-file",
-        type=Path,
-        required=True,
-        metavar="KEYFILE",
-        help="the model key (cmlfs keygen)",
-    )
+def _add_sealing_options(p: argparse.ArgumentParser) -> None:
+    """How a new store is sealed: chunk size, algorithm, name and version."""
     p.add_argument(
         "--chunk-size",
         type=argtypes.chunk_size,
@@ -104,6 +90,26 @@ def add_encrypt(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-version", default=EncryptSettings.model_version, metavar="V", help="model version"
     )
+
+
+def add_encrypt(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encrypt",
+        help="encrypt a model folder into a new store folder",
+        description="Encrypt every regular file under SRC_DIR (nested folders, any UTF-8 names) "
+        "into the new or empty folder STORE_DIR: one blob per file and a sealed manifest. "
+        "Symlinks are followed only to files inside SRC_DIR.",
+    )
+    p.add_argument("src", type=Path, metavar="SRC_DIR")
+    p.add_argument("store", type=Path, metavar="STORE_DIR")
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        required=True,
+        metavar="KEYFILE",
+        help="the model key (cmlfs keygen)",
+    )
+    _add_sealing_options(p)
     p.add_argument(
         "--key-uri",
         metavar="URI",
@@ -116,6 +122,55 @@ def add_encrypt(sub: argparse._SubParsersAction) -> None:
     )
     add_broker_admin_options(p)
     p.set_defaults(func=encrypt)
+
+
+def add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="convert a KServe JWE model folder into a cmlfs store, with the same key",
+        description="Authenticate every JWE file of the KServe confidential model folder SRC "
+        "(a folder, s3:// prefix, or one .jwe file over http(s)://) and seal its plaintext, "
+        "in memory only, into the new or empty folder STORE_DIR with the same key, so the "
+        "broker's resource and release policy stay as they are. Refused, leaving nothing "
+        "behind, if any file fails to authenticate; files that are not JWE are left out "
+        "(logged). --key-uri is recorded in the store as encrypt --key-uri does.",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("store", type=Path, metavar="STORE_DIR")
+    add_key_options(p, required=True)
+    add_insecure_http(p)
+    add_store_options(p)
+    _add_sealing_options(p)
+    p.set_defaults(func=import_jwe)
+
+
+def import_jwe(args: argparse.Namespace) -> int:
+    from cmlfs.model import open_jwe_folder
+    from cmlfs.publish import import_jwe_folder
+
+    if args.key_id is not None:
+        raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
+    store, listing, key = open_jwe_folder(args.src, key_source(args), store_settings(args))
+    settings = EncryptSettings(
+        chunk_size=args.chunk_size,
+        algorithm=args.algorithm,
+        model_name=args.model_name or Path(args.src.rstrip("/")).name,
+        model_version=args.model_version,
+        key_uri=args.key_uri,
+    )
+    total = 2 * sum(f.size for f in listing.files)
+    try:
+        with _progress(total, "authenticating and sealing") as progress:
+            manifest = import_jwe_folder(store, listing, key, args.store, settings, progress)
+    finally:
+        store.close()
+    size = sum(f.size for f in manifest.files)
+    print(
+        f"imported {len(manifest.files)} JWE files ({format_size(size)}) of {args.src} into "
+        f"{args.store} with {manifest.algorithm.label}, {format_size(manifest.chunk_size)} "
+        "chunks, sealed with the same key"
+    )
+    return 0
 
 
 def encrypt(args: argparse.Namespace) -> int:
@@ -249,5 +304,5 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    for add in (add_keygen, add_encrypt, add_push, add_inspect, add_verify):
+    for add in (add_keygen, add_encrypt, add_import, add_push, add_inspect, add_verify):
         add(sub)

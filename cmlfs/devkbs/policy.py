@@ -4,16 +4,10 @@
      "rules": [{"effect": "allow", "tee": ["sample"], "resource": "default/*/*"}]}
 
 Rules are tried in order; the first whose ``tee`` (a name, a list of names, or
-``"*"``), ``resource`` (an fnmatch glob over ``repo/type/tag``, where ``*``
-also matches ``/``) and optional ``peer`` (``"loopback"``, ``"remote"`` or
-``"any"``, the default: where the resource request comes from) all match
-decides; otherwise ``default`` decides. Trustee cannot run here (OPA/Rego), so
-dev-kbs accepts this format on the same endpoint, base64url-encoded the same way.
-
-``DEFAULT_POLICY`` (no policy given) is Trustee's default policy
-(trustee kbs/sample_policies/default.rego: release unless the evidence is
-``sample``) relaxed for loopback only, where the development loop runs:
-``sample`` evidence gets resources only when the request comes from loopback.
+``"*"``) and ``resource`` (an fnmatch glob over ``repo/type/tag``, where ``*``
+also matches ``/``) both match decides; otherwise ``default`` decides. Trustee
+cannot run here (OPA/Rego), so dev-kbs accepts this format on the same
+endpoint, base64url-encoded the same way.
 """
 
 from dataclasses import dataclass
@@ -25,7 +19,6 @@ from cmlfs.keys.rcar import loads_strict
 MAX_POLICY_LEN = 64 * 1024
 MAX_RULES = 1000
 _EFFECTS = ("allow", "deny")
-_PEERS = ("any", "loopback", "remote")
 
 
 class PolicyError(CmlfsError):
@@ -37,14 +30,9 @@ class Rule:
     effect: str
     tees: tuple[str, ...]
     resource: str
-    peer: str = "any"
 
-    def matches(self, tee: str, path: str, loopback: bool) -> bool:
-        return (
-            ("*" in self.tees or tee in self.tees)
-            and fnmatchcase(path, self.resource)
-            and self.peer in ("any", "loopback" if loopback else "remote")
-        )
+    def matches(self, tee: str, path: str) -> bool:
+        return ("*" in self.tees or tee in self.tees) and fnmatchcase(path, self.resource)
 
 
 @dataclass(frozen=True)
@@ -52,15 +40,14 @@ class Policy:
     default: str
     rules: tuple[Rule, ...] = ()
 
-    def allows(self, tee: str, path: str, loopback: bool) -> bool:
-        """Whether a ``tee`` guest may have ``path``, asked from a loopback peer or not."""
+    def allows(self, tee: str, path: str) -> bool:
         for rule in self.rules:
-            if rule.matches(tee, path, loopback):
+            if rule.matches(tee, path):
                 return rule.effect == "allow"
         return self.default == "allow"
 
 
-DEFAULT_POLICY = Policy("allow", (Rule("deny", ("sample",), "*", peer="remote"),))
+ALLOW_ALL = Policy("allow")
 
 
 def parse_policy(data: bytes) -> Policy:
@@ -78,13 +65,8 @@ def parse_policy(data: bytes) -> Policy:
 
 
 def _parse_rule(raw: object) -> Rule:
-    if not isinstance(raw, dict) or not {"effect", "tee", "resource"} <= set(raw) <= {
-        "effect",
-        "tee",
-        "resource",
-        "peer",
-    }:
-        raise PolicyError('each rule has "effect", "tee", "resource" and optionally "peer"')
+    if not isinstance(raw, dict) or set(raw) != {"effect", "tee", "resource"}:
+        raise PolicyError('each rule must have exactly "effect", "tee" and "resource"')
     if raw["effect"] not in _EFFECTS:
         raise PolicyError('rule "effect" must be "allow" or "deny"')
     tees = raw["tee"] if isinstance(raw["tee"], list) else [raw["tee"]]
@@ -92,7 +74,4 @@ def _parse_rule(raw: object) -> Rule:
         raise PolicyError('rule "tee" must be a TEE name, a list of names, or "*"')
     if not isinstance(raw["resource"], str) or not raw["resource"]:
         raise PolicyError('rule "resource" must be a glob over repo/type/tag')
-    peer = raw.get("peer", "any")
-    if peer not in _PEERS:
-        raise PolicyError('rule "peer" must be "loopback", "remote" or "any"')
-    return Rule(raw["effect"], tuple(tees), raw["resource"], peer)
+    return Rule(raw["effect"], tuple(tees), raw["resource"])

@@ -271,11 +271,14 @@ def chunk_hash(text: bytes | memoryview) -> bytes:
     return hashlib.sha256(text).digest()[:HASH_LEN]
 
 
-def decrypt_chunk(key: JweKey, chunk: int, text: bytes) -> bytes:
+def decrypt_chunk(key: JweKey, chunk: int, text: bytes) -> bytearray:
     """The plaintext of authenticated chunk ``chunk`` (its base64url ``text`` already
     checked against its recorded hash): GCM's keystream from the chunk's first block."""
     ciphertext = b64url_decode(text, f"JWE ciphertext chunk {chunk}")
     counter = 2 + chunk * (CHUNK_BYTES // AES_BLOCK)
     nonce = key.iv + counter.to_bytes(4, "big")
     decryptor = Cipher(algorithms.AES(key.cek), modes.CTR(nonce)).decryptor()
-    return decryptor.update(ciphertext) + decryptor.finalize()
+    plaintext = bytearray(len(ciphertext) + AES_BLOCK - 1)  # what update_into asks for
+    written = decryptor.update_into(ciphertext, plaintext)
+    del plaintext[written:]
+    return plaintext

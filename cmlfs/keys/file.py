@@ -11,7 +11,7 @@ from pathlib import Path
 from cmlfs.errors import KeySourceError
 from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys.base import ReleasedKey
-from cmlfs.keys.bundle import MAX_RESOURCE_LEN
+from cmlfs.keys.bundle import MAX_RESOURCE_LEN, jose_key
 
 
 class FileKeySource:
@@ -22,16 +22,25 @@ class FileKeySource:
         return f"key file {self.path}"
 
     def fetch_release(self) -> ReleasedKey:
-        return ReleasedKey(self.fetch_key())
-
-    def fetch_key(self) -> bytes:
+        """The key: 32 raw bytes, or a 32-byte key as a KServe user keeps it (a JWK or
+        base64url text), so a model imported from a JWE folder mounts with its key file."""
         key = self.fetch_resource()
         if len(key) != MODEL_KEY_LEN:
-            raise KeySourceError(
-                f"key file {self.path} does not hold exactly {MODEL_KEY_LEN} raw bytes "
-                "(make one with 'cmlfs keygen')"
-            )
+            key = jose_key(key, self._refusal(" (or a JWK or base64url key)"))
+        return ReleasedKey(key)
+
+    def fetch_key(self) -> bytes:
+        """The key as 32 raw bytes, as ``encrypt`` and ``key register`` take it."""
+        key = self.fetch_resource()
+        if len(key) != MODEL_KEY_LEN:
+            raise KeySourceError(self._refusal())
         return key
+
+    def _refusal(self, alternatives: str = "") -> str:
+        return (
+            f"key file {self.path} does not hold exactly {MODEL_KEY_LEN} raw bytes"
+            f"{alternatives} (make one with 'cmlfs keygen')"
+        )
 
     def fetch_resource(self, limit: int = MAX_RESOURCE_LEN) -> bytes:
         """The file's bytes (a JWE model's key may be a JWK or base64url text); refused

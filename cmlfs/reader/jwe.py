@@ -43,9 +43,9 @@ from cmlfs.format.jwe import (
 from cmlfs.manifest import DirEntry
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
-from cmlfs.stores.base import Store, StoreStats
+from cmlfs.stores.base import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cmlfs.reader")
 
 DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
@@ -134,14 +134,55 @@ def _entry(store: Store, name: str, show_plain: bool, now: int) -> JweEntry | No
 
 
 @dataclass
-class _Authenticated:
+class Authenticated:
+    """A JWE file whose whole ciphertext authenticated: its key, and its chunks' hashes."""
+
     key: JweKey
     hashes: list[bytes] = field(repr=False)
 
 
+def authenticate_file(
+    store: Store, entry: JweEntry, key: bytes, progress: Callable[[int], object] | None = None
+) -> Authenticated:
+    """One pass over ``entry``'s ciphertext (blocking), in requests of
+    ``AUTH_READ_CHUNKS`` chunks; IntegrityError if any part of it fails, StoreError if
+    the store does. ``progress`` is told the ciphertext bytes of each chunk passed."""
+    if entry.problem is not None:
+        raise IntegrityError(f"{entry.path}: {entry.problem}")
+    parts = entry.parts
+    try:
+        opened = open_parts(parts, key)
+        authenticator = Authenticator(opened)
+        for first in range(0, parts.n_chunks, AUTH_READ_CHUNKS):
+            last = min(first + AUTH_READ_CHUNKS, parts.n_chunks) - 1
+            offset = parts.chunk_chars(first)[0]
+            text = store.read_range(entry.name, offset, sum(parts.chunk_chars(last)) - offset)
+            for chunk in range(first, last + 1):
+                start, length = parts.chunk_chars(chunk)
+                authenticator.update(text[start - offset : start - offset + length])
+                if progress is not None:
+                    progress(min(CHUNK_BYTES, parts.ciphertext_size - chunk * CHUNK_BYTES))
+        return Authenticated(opened, authenticator.finish())
+    except StoreError:
+        raise
+    except CmlfsError as exc:
+        raise IntegrityError(f"{entry.path}: {exc}") from None
+
+
+def open_chunk(store: Store, entry: JweEntry, done: Authenticated, chunk: int) -> bytearray:
+    """Chunk ``chunk``'s plaintext, if its text in the store is still what authenticated."""
+    offset, length = entry.parts.chunk_chars(chunk)
+    text = store.read_range(entry.name, offset, length)
+    if not hmac.compare_digest(chunk_hash(text), done.hashes[chunk]):
+        raise IntegrityError(
+            f"{entry.path}: chunk {chunk} changed in the store after it was authenticated"
+        )
+    return decrypt_chunk(done.key, chunk, text)
+
+
 class JweReader:
     """Random-access plaintext reads of the files of one JWE listing (ModelReader's
-    interface: ``read``, ``stats``, ``cache``, ``store``, ``store_stats``, ``after_read``)."""
+    interface: ``read``, ``stats``, ``cache``, ``store``, ``after_read``)."""
 
     def __init__(
         self,
@@ -159,9 +200,9 @@ class JweReader:
         self.after_read: Callable[[], object] | None = None
         self._key = key
         self._inline = inline
-        self._done: dict[int, _Authenticated] = {}
+        self._done: dict[int, Authenticated] = {}
         self._failed: dict[int, IntegrityError] = {}
-        self._authenticating: SingleFlight[_Authenticated] = SingleFlight()
+        self._authenticating: SingleFlight[Authenticated] = SingleFlight()
         self._chunks: SingleFlight[Span] = SingleFlight()
         self._background = trio.CapacityLimiter(authenticators)
         # Passes run in their own threads: a file being read must not queue behind the
@@ -169,10 +210,6 @@ class JweReader:
         self._passes = trio.CapacityLimiter(authenticators + 64)
         self._limiter = trio.CapacityLimiter(max(authenticators, 2))
         self._started = False
-
-    @property
-    def store_stats(self) -> StoreStats:
-        return self.store.stats
 
     # --- authentication ----------------------------------------------------------------
 
@@ -222,7 +259,7 @@ class JweReader:
             for _ in range(self._background.total_tokens):
                 nursery.start_soon(worker)
 
-    async def _authenticated(self, index: int) -> _Authenticated:
+    async def _authenticated(self, index: int) -> Authenticated:
         """File ``index``'s key and chunk hashes, once its whole ciphertext authenticated."""
         done = self._done.get(index)
         if done is not None:
@@ -233,7 +270,7 @@ class JweReader:
             trio.lowlevel.spawn_system_task(self.authenticate_all)
         return await self._authenticating.run(index, lambda: self._authenticate_async(index))
 
-    async def _authenticate_async(self, index: int) -> _Authenticated:
+    async def _authenticate_async(self, index: int) -> Authenticated:
         try:
             done = await run_in_thread(lambda: self._authenticate(index), self._passes)
         except IntegrityError as exc:
@@ -246,29 +283,8 @@ class JweReader:
         log.info("event=jwe_authenticated path=%s", self._path(index))
         return done
 
-    def _authenticate(self, index: int) -> _Authenticated:
-        """One pass over file ``index``'s ciphertext (blocking); IntegrityError if any
-        part of it fails, StoreError if the store does."""
-        entry = self.listing.files[index]
-        if entry.problem is not None:
-            raise IntegrityError(f"{entry.path}: {entry.problem}")
-        parts = entry.parts
-        try:
-            key = open_parts(parts, self._key)
-            authenticator = Authenticator(key)
-            for first in range(0, parts.n_chunks, AUTH_READ_CHUNKS):
-                last = min(first + AUTH_READ_CHUNKS, parts.n_chunks) - 1
-                offset = parts.chunk_chars(first)[0]
-                end = sum(parts.chunk_chars(last))
-                text = self.store.read_range(entry.name, offset, end - offset)
-                for chunk in range(first, last + 1):
-                    start, length = parts.chunk_chars(chunk)
-                    authenticator.update(text[start - offset : start - offset + length])
-            return _Authenticated(key, authenticator.finish())
-        except StoreError:
-            raise
-        except CmlfsError as exc:
-            raise IntegrityError(f"{entry.path}: {exc}") from None
+    def _authenticate(self, index: int) -> Authenticated:
+        return authenticate_file(self.store, self.listing.files[index], self._key)
 
     def _fail(self, index: int, error: IntegrityError) -> None:
         self._failed[index] = error
@@ -312,13 +328,13 @@ class JweReader:
         self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
 
-    async def _chunk(self, index: int, chunk: int, done: _Authenticated) -> Span:
+    async def _chunk(self, index: int, chunk: int, done: Authenticated) -> Span:
         span = self.cache.find(index, chunk)
         if span is not None:
             return span
         return await self._chunks.run((index, chunk), lambda: self._fetch(index, chunk, done))
 
-    async def _fetch(self, index: int, chunk: int, done: _Authenticated) -> Span:
+    async def _fetch(self, index: int, chunk: int, done: Authenticated) -> Span:
         plaintext = await self._run(self._open_chunk, index, chunk, done)
         self.stats.store_requests += 1
         self.stats.chunks_decrypted += 1
@@ -327,16 +343,8 @@ class JweReader:
         self.cache.put(span)
         return span
 
-    def _open_chunk(self, index: int, chunk: int, done: _Authenticated) -> bytearray:
-        """Chunk ``chunk``'s plaintext, if its text is still what was authenticated."""
-        entry = self.listing.files[index]
-        offset, length = entry.parts.chunk_chars(chunk)
-        text = self.store.read_range(entry.name, offset, length)
-        if not hmac.compare_digest(chunk_hash(text), done.hashes[chunk]):
-            raise IntegrityError(
-                f"{entry.path}: chunk {chunk} changed in the store after it was authenticated"
-            )
-        return bytearray(decrypt_chunk(done.key, chunk, text))
+    def _open_chunk(self, index: int, chunk: int, done: Authenticated) -> bytearray:
+        return open_chunk(self.store, self.listing.files[index], done, chunk)
 
     async def _run(self, function: Callable, *args: object):
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from cmlfs.errors import StoreError
 from cmlfs.stores.base import check_name
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cmlfs.stores")
 
 _TMP_PREFIX = ".tmp-"
 

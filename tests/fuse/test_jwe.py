@@ -184,3 +184,51 @@ def test_mount_refused_when_nothing_authenticates(jwe_model, tmp_path):
     (plain / "config.json").write_text("{}")
     result = run_cli("mount", plain, mnt, "--key-file", wrong, check=False)
     assert result.returncode != 0 and "neither a cmlfs model nor a JWE file" in result.stderr
+
+
+def test_import_round_trip_keeps_the_key(jwe_model, tmp_path):
+    """import seals the folder with the same key: the same JWK key file (or broker
+    resource) mounts the new store, and its bytes are the JWE files' plaintext."""
+    folder, contents, key = jwe_model
+    keys = key_forms(tmp_path, key)
+    store = tmp_path / "store"
+    result = run_cli("import", folder, store, "--key-uri", f"file://{keys['jwk']}")
+    assert "imported 4 JWE files" in result.stdout
+    assert "event=file_refused path=README.md" in result.stderr  # left out, and said so
+    assert f"file://{keys['jwk']}" in run_cli("inspect", store).stdout  # recorded
+    assert "ok:" in run_cli("verify", store, "--key-file", keys["raw"]).stdout
+    with mounted(store, tmp_path / "mnt", "--key-file", keys["jwk"]) as mnt:
+        served = sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*") if p.is_file())
+        assert served == sorted(contents)
+        for path, data in contents.items():
+            assert (mnt / path).read_bytes() == data, path
+
+
+def test_import_refuses_any_damage_and_leaves_nothing(jwe_model, tmp_path):
+    folder, _, key = jwe_model
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for source in folder.glob("*.jwe"):
+        (damaged / source.name).write_bytes(source.read_bytes())
+    text = bytearray((damaged / "config.json.jwe").read_bytes())
+    text[-30] = ord("A") if text[-30] != ord("A") else ord("B")  # in the tag
+    (damaged / "config.json.jwe").write_bytes(bytes(text))
+    key_file = key_forms(tmp_path, key)["jwk"]
+    for target in (tmp_path / "new-store", tmp_path / "empty-store"):
+        if target.name == "empty-store":
+            target.mkdir()
+        result = run_cli("import", damaged, target, "--key-file", key_file, check=False)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("cmlfs: error: config.json: the JWE tag"), lines
+        assert not target.exists() or not any(target.iterdir())
+    short = tmp_path / "short.jwk"
+    short.write_text(jwk.JWK.generate(kty="oct", size=128).export())
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "a.jwe").write_bytes(
+        make_jwe(b"x", jwk.JWK.from_json(short.read_text()), alg="A128KW")
+    )
+    result = run_cli("import", small, tmp_path / "s", "--key-file", short, check=False)
+    assert result.returncode != 0 and "32-byte key" in result.stderr
+    assert not (tmp_path / "s").exists()
