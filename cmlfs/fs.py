@@ -10,6 +10,7 @@ handler never kills the daemon.
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat
@@ -24,7 +25,7 @@ from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
 from cmlfs.reader.jwe import JweListing, JweReader
 
-log = logging.getLogger("cmlfs.fs")
+log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 3600.0  # the tree never changes while mounted
 # Modes are shown as recorded, write bits included (as squashfs and gocryptfs -ro do: the
@@ -38,10 +39,19 @@ R = TypeVar("R")
 
 
 def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn every failure of a handler into a FUSEError, so the daemon survives it."""
+    """Turn every failure of a handler into a FUSEError, so the daemon survives it; at debug
+    level (``--debug``) log each request, with its numbers only (never a name)."""
+    names = list(inspect.signature(handler).parameters)[1:]  # after self
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if log.isEnabledFor(logging.DEBUG):
+            numbers = " ".join(
+                f"{name}={value}"
+                for name, value in zip(names, args[1:], strict=False)
+                if type(value) is int
+            )
+            log.debug("event=request op=%s %s", handler.__name__, numbers)
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -153,6 +163,7 @@ class ModelFs(pyfuse3.Operations):
             ):
                 break
 
+    @_errno_boundary
     async def releasedir(self, fh):
         pass
 
@@ -169,6 +180,7 @@ class ModelFs(pyfuse3.Operations):
     async def read(self, fh, off, size):
         return await self.reader.read(self._node(fh).file_index, off, size)
 
+    @_errno_boundary
     async def release(self, fh):
         pass
 

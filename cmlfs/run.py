@@ -25,7 +25,7 @@ from cmlfs.daemon.settings import MountSettings
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.mountpoint import mount_entry, unmount
 
-log = logging.getLogger("cmlfs.run")
+log = logging.getLogger(__name__)
 
 FORWARDED = (
     signal.SIGTERM,

@@ -49,14 +49,13 @@ from cmlfs.units import format_size
 if TYPE_CHECKING:  # the status command imports this module without the FUSE stack
     from cmlfs.daemon.workers import WorkerBoard
 
-log = logging.getLogger("cmlfs.status")
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 2.0  # seconds a statvfs on the mount may take before /readyz says no
 REQUEST_TIMEOUT = 5.0  # seconds a client has to send its request head
 CONNECTION_TIMEOUT = 10.0  # seconds a connection may stay open in all
 MAX_REQUEST_HEAD = 8192
 MAX_CONNECTIONS = 128  # open at once; beyond it the oldest one still sending its head is closed
-RETRY_EVENT = "event=store_retry"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -128,36 +127,17 @@ def read_record(runtime_dir: Path, mountpoint: Path) -> dict | None:
 # --- metrics -------------------------------------------------------------------------------
 
 
-class EventCounter(logging.Handler):
-    """Counts log records of one structured event (``event=NAME ...``) from any thread.
-
-    Stores log each retry as ``event=store_retry``; counting the event keeps the
-    stores layer free of any metrics code.
-    """
-
-    def __init__(self, event: str) -> None:
-        super().__init__(level=logging.INFO)
-        self.event = event
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str) and record.msg.startswith(self.event):
-            self.count += 1  # emit runs under the handler's lock
-
-
 class MountCollector:
-    """Prometheus collector reading the counters of the reader, or of every worker's (a
-    ``WorkerBoard``), at scrape time (no copies kept)."""
+    """Prometheus collector reading the counters of the reader and its store, or of every
+    worker's (a ``WorkerBoard``), at scrape time (no copies kept)."""
 
     def __init__(
         self,
         reader: "ModelReader | WorkerBoard",
         ready: Callable[[], bool],
-        retries: EventCounter,
     ) -> None:
         self.reader = reader
         self.ready = ready
-        self.retries = retries
 
     def collect(self) -> Iterator[Metric]:
         stats, cache = self.reader.stats, self.reader.cache
@@ -180,7 +160,7 @@ class MountCollector:
             (
                 "cmlfs_store_retries",
                 "Store requests sent again after a failure.",
-                self.retries.count,
+                self.reader.store_stats.retries,
             ),
             (
                 "cmlfs_store_errors",
@@ -261,10 +241,8 @@ class StatusServer:
         self._record: Path | None = None
         self._sock = bind_status_socket(settings.host, settings.port)
         self.url = address_url(self._sock)
-        self._retries = EventCounter(RETRY_EVENT)
-        logging.getLogger("cmlfs.stores").addHandler(self._retries)
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(MountCollector(reader, lambda: self.mounted, self._retries))
+        self._registry.register(MountCollector(reader, lambda: self.mounted))
         # One probe at a time: a hung statvfs holds it, so later probes fail fast.
         self._probe_limiter = trio.CapacityLimiter(1)
         self._open = 0  # connections being served
@@ -293,10 +271,9 @@ class StatusServer:
             return None
 
     def close(self) -> None:
-        """Stop listening, forget the record and the retry counter."""
+        """Stop listening and forget the record."""
         self.mounted = False
         self._sock.close()
-        logging.getLogger("cmlfs.stores").removeHandler(self._retries)
         if self._record is not None:
             self._record.unlink(missing_ok=True)
 

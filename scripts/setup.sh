@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv
-  nginx-light docker-registry apache2-utils)  # the last three: store test servers
+  nginx-light docker-registry apache2-utils  # store test servers
+  libtss2-dev swtpm swtpm-tools tpm2-tools)  # vTPM attesters (tpm2-pytss builds on tpm2-tss); swtpm for their tests
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

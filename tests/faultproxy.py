@@ -137,22 +137,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._stop.wait(self.owner.stall_seconds)
             self.close_connection = True
             return
-        status, headers, body = self._forward()
+        status, headers, body, length = self._forward()
         if fault == "short" and len(body) > 1:
-            self._send(status, headers, body[: len(body) // 2], announce=len(body))
+            length, body = len(body), body[: len(body) // 2]
+        self._send(status, headers, body, announce=length)
+        if length != len(body):
             self.close_connection = True
-            return
-        self._send(status, headers, body)
 
-    def _forward(self) -> tuple[int, dict[str, str], bytes]:
+    def _forward(self) -> tuple[int, dict[str, str], bytes, int]:
+        """The upstream's answer and the body length it announced; a body the upstream cut
+        short is passed on as it came."""
         upstream = http.client.HTTPConnection("127.0.0.1", self.owner.upstream_port, timeout=30)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             upstream.request(self.command, self.path, headers=headers)
             response = upstream.getresponse()
-            body = response.read()
+            announced = response.getheader("Content-Length")
+            try:
+                body = response.read()
+            except http.client.IncompleteRead as exc:
+                body = exc.partial
             kept = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
-            return response.status, kept, body
+            length = int(announced) if announced and self.command == "GET" else len(body)
+            return response.status, kept, body, length
         finally:
             upstream.close()
 

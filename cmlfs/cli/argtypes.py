@@ -81,3 +81,20 @@ def cdh_address(text: str) -> str:
     if not colon or not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"a data hub address is HOST:PORT, not {text!r}")
     return address
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"seconds must be 0 to 600, not {text}")
+    return value
+
+
+def metadata_url(text: str) -> str:
+    """An ``http://HOST[:PORT]`` origin: the metadata service speaks plain HTTP, no path."""
+    if not re.fullmatch(r"http://[A-Za-z0-9.\-\[\]:]+", text):
+        raise argparse.ArgumentTypeError(f"a metadata URL is http://HOST[:PORT], not {text!r}")
+    return text

@@ -3,7 +3,11 @@
 import argparse
 from pathlib import Path
 
-from cmlfs.cli.options import add_broker_admin_options, broker_admin_settings
+from cmlfs.cli.options import (
+    add_broker_admin_options,
+    broker_admin_identity,
+    broker_admin_settings,
+)
 from cmlfs.errors import CmlfsError
 from cmlfs.keys import FileKeySource
 from cmlfs.manifest import MANIFEST_NAME
@@ -22,7 +26,8 @@ def register(
     resource = key
     if pin_store is not None:
         resource = make_bundle(key, manifest_digest((pin_store / MANIFEST_NAME).read_bytes()))
-    registered = register_resource(uri, resource, broker_admin_settings(args), args.admin_key)
+    settings = broker_admin_settings(args)
+    registered = register_resource(uri, resource, settings, broker_admin_identity(args))
     what = "a key bundle pinning the manifest of " + str(pin_store) if pin_store else "the key"
     print(f"registered {what} at {registered}")
 
@@ -73,7 +78,8 @@ def key_policy(args: argparse.Namespace) -> int:
     from cmlfs.keys.kbs import set_resource_policy
 
     settings = broker_admin_settings(args)
-    set_resource_policy(args.broker, args.policy_file.read_bytes(), settings, args.admin_key)
+    policy = args.policy_file.read_bytes()
+    set_resource_policy(args.broker, policy, settings, broker_admin_identity(args))
     print(f"set the resource policy of {args.broker} from {args.policy_file}")
     return 0
 

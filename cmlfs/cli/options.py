@@ -10,13 +10,17 @@ function next to it; every command that uses the group then has it.
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmlfs.cli import argtypes
 from cmlfs.daemon.settings import MountSettings
-from cmlfs.errors import StoreError
+from cmlfs.errors import CmlfsError, StoreError
 from cmlfs.keys import FileKeySource, KeySettings, KeySource, key_source_from_uri
 from cmlfs.keys.attesters import ATTESTERS
 from cmlfs.stores.base import StoreSettings, parse_header
+
+if TYPE_CHECKING:
+    from cmlfs.keys.kbs import AdminIdentity
 
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -65,9 +69,10 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         "--attester",
         choices=ATTESTERS,
         default=KeySettings.attester,
-        help="TEE evidence for the key broker: auto (the configfs-tsm TEE of this machine; "
-        "never falls back to sample), tdx, snp, or sample (no TEE, proves nothing; "
-        "development only). Default auto",
+        help="TEE evidence for the key broker: auto (the configfs-tsm TEE of this machine, "
+        "else an Azure vTPM holding an HCL report; never falls back to sample), tdx, snp, "
+        "az-snp-vtpm or az-tdx-vtpm (Azure confidential VMs, through the vTPM), or sample "
+        "(no TEE, proves nothing; development only). Default auto",
     )
     keys.add_argument(
         "--tee-key",
@@ -82,6 +87,28 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         default=KeySettings.tsm_report_root,
         metavar="DIR",
         help=f"configfs-tsm report folder (default {KeySettings.tsm_report_root})",
+    )
+    keys.add_argument(
+        "--tpm-tcti",
+        default=KeySettings.tpm_tcti,
+        metavar="TCTI",
+        help=f"tpm2-tss TCTI of the vTPM for az-*-vtpm evidence (default {KeySettings.tpm_tcti})",
+    )
+    keys.add_argument(
+        "--metadata-url",
+        type=argtypes.metadata_url,
+        default=KeySettings.metadata_url,
+        metavar="URL",
+        help="Azure instance metadata service, for the VCEK and TD quotes "
+        f"(default {KeySettings.metadata_url})",
+    )
+    keys.add_argument(
+        "--vtpm-report-wait",
+        type=argtypes.seconds,
+        default=KeySettings.vtpm_report_wait,
+        metavar="SECONDS",
+        help="time the paravisor is given to renew the HCL report after the request "
+        f"(default {KeySettings.vtpm_report_wait:g}, as Azure's tooling waits)",
     )
     _add_kbs_ca(keys)
     keys.add_argument(
@@ -103,6 +130,9 @@ def key_settings(args: argparse.Namespace) -> KeySettings:
         tee_key_type=args.tee_key,
         tsm_report_root=args.tsm_root,
         cdh_address=args.cdh_address,
+        tpm_tcti=args.tpm_tcti,
+        metadata_url=args.metadata_url,
+        vtpm_report_wait=args.vtpm_report_wait,
     )
 
 
@@ -128,15 +158,39 @@ def _add_kbs_ca(parser: Parser) -> None:
 
 
 def add_broker_admin_options(parser: argparse.ArgumentParser) -> None:
-    """``--admin-key``, ``--kbs-ca`` and ``--insecure-http`` of commands that write to a broker."""
+    """``--admin-key`` (with its ``iss``/``aud``), ``--kbs-ca`` and ``--insecure-http`` of
+    commands that write to a broker."""
     parser.add_argument(
         "--admin-key",
         type=Path,
         metavar="PEM",
-        help="Ed25519 private key that signs the broker's admin token (EdDSA JWT)",
+        help="Ed25519 private key that signs the broker's admin token (EdDSA JWT, role admin)",
+    )
+    parser.add_argument(
+        "--admin-issuer",
+        metavar="ISS",
+        help="'iss' claim of the admin token, for a Trustee whose admin identity provider "
+        "entry names an issuer (it must match exactly)",
+    )
+    parser.add_argument(
+        "--admin-audience",
+        metavar="AUD",
+        help="'aud' claim of the admin token, for a Trustee whose admin identity provider "
+        "entry names an audience",
     )
     _add_kbs_ca(parser)
     add_insecure_http(parser)
+
+
+def broker_admin_identity(args: argparse.Namespace) -> "AdminIdentity | None":
+    """Who signs admin tokens, from ``add_broker_admin_options``; None: send no token."""
+    from cmlfs.keys.kbs import AdminIdentity
+
+    if args.admin_key is None:
+        if args.admin_issuer is not None or args.admin_audience is not None:
+            raise CmlfsError("--admin-issuer and --admin-audience go with --admin-key")
+        return None
+    return AdminIdentity(args.admin_key, args.admin_issuer, args.admin_audience)
 
 
 def broker_admin_settings(args: argparse.Namespace) -> KeySettings:

@@ -9,7 +9,7 @@ from pathlib import Path
 from cmlfs.cli.options import add_mount_options, mount_settings
 from cmlfs.errors import CmlfsError
 
-log = logging.getLogger("cmlfs")
+log = logging.getLogger(__name__)
 
 
 def add_mount(sub: argparse._SubParsersAction) -> None:

@@ -62,7 +62,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     board = background = None
     if holds_cmlfs_model(settings.store, settings.store_settings):
         store, manifest, reader = _open_model_reader(settings)
-        board = WorkerBoard(settings.workers) if settings.workers > 1 else None
+        board = WorkerBoard(settings.workers, store.stats) if settings.workers > 1 else None
     else:
         store, manifest, reader = _open_jwe_reader(settings)
         background = reader.authenticate_all
@@ -207,6 +207,7 @@ async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> N
     """A worker's loop: serve FUSE requests, publishing its counters after every read."""
     reader.after_read = functools.partial(board.publish, slot, reader)
     reader.store.close()  # connections made before the fork would be shared between workers
+    reader.store_stats.reset()  # what the supervisor counted before the fork stays its own
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
         await pyfuse3.main()

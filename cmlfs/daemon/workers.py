@@ -23,32 +23,23 @@ import os
 import signal
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pyfuse3
 import trio
 
 from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import READ_SECONDS_BOUNDS, ReaderStats
+from cmlfs.stores.base import StoreStats
 
-log = logging.getLogger("cmlfs.workers")
+log = logging.getLogger(__name__)
 
 MAX_WORKERS = 16
 _FUSE_DEV_IOC_CLONE = 0x8004E500  # _IOR(229, 0, uint32_t), linux/fuse.h
 _PR_SET_PDEATHSIG = 1
-_STAT_FIELDS = (
-    "bytes_read",
-    "chunks_decrypted",
-    "bytes_decrypted",
-    "store_requests",
-    "integrity_failures",
-    "store_errors",
-)
-_CACHE_FIELDS = ("hits", "misses", "evictions", "used", "budget")
-_BUCKETS = len(READ_SECONDS_BOUNDS) + 1  # the latency histogram's counts
-# One slot per worker: reader counters, latency bucket counts, cache counters, then the
-# summed read seconds.
-_SLOT = struct.Struct(f"<{len(_STAT_FIELDS)}q{_BUCKETS}q{len(_CACHE_FIELDS)}qd")
+# The counters a worker publishes: every field of the reader's, the cache's and the store's
+# counter classes (a field that is not a count fails the first publish, loudly).
+_STAT_FIELDS = tuple(f.name for f in fields(ReaderStats) if f.name != "read_seconds")
 
 
 @dataclass
@@ -62,25 +53,42 @@ class CacheCounters:
     budget: int = 0
 
 
+_CACHE_FIELDS = tuple(f.name for f in fields(CacheCounters))
+_STORE_FIELDS = tuple(f.name for f in fields(StoreStats))
+_BUCKETS = len(READ_SECONDS_BOUNDS) + 1  # the latency histogram's counts
+# One slot per worker: reader counters, latency bucket counts, cache counters, store
+# counters, then the summed read seconds.
+_SLOT = struct.Struct(
+    f"<{len(_STAT_FIELDS)}q{_BUCKETS}q{len(_CACHE_FIELDS)}q{len(_STORE_FIELDS)}qd"
+)
+_CACHE_AT = len(_STAT_FIELDS) + _BUCKETS
+_STORE_AT = _CACHE_AT + len(_CACHE_FIELDS)
+
+
 class WorkerBoard:
     """Counters of every worker in one shared anonymous mapping made before the fork.
 
-    Each worker writes only its own slot; the supervisor reads all of them. ``stats``
-    and ``cache`` have the shape of a reader's, so status and metrics serve either.
+    Each worker writes only its own slot; the supervisor reads all of them. ``stats``,
+    ``cache`` and ``store_stats`` have the shape of a reader's, so status and metrics
+    serve either. The store's counters add the supervisor's own, ``before_fork``: it
+    read the manifest (maybe with retries) before the workers existed, and a worker's
+    store counters start from zero.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, before_fork: StoreStats) -> None:
         self.workers = workers
+        self.before_fork = before_fork
         self._memory = mmap.mmap(-1, _SLOT.size * workers)  # MAP_SHARED | MAP_ANONYMOUS
 
     def publish(self, slot: int, reader: ModelReader) -> None:
-        stats, cache = reader.stats, reader.cache
+        stats, cache, store = reader.stats, reader.cache, reader.store_stats
         _SLOT.pack_into(
             self._memory,
             slot * _SLOT.size,
             *(getattr(stats, name) for name in _STAT_FIELDS),
             *stats.read_seconds.counts,
             *(getattr(cache, name) for name in _CACHE_FIELDS),
+            *(getattr(store, name) for name in _STORE_FIELDS),
             stats.read_seconds.total_seconds,
         )
 
@@ -89,8 +97,7 @@ class WorkerBoard:
         total = ReaderStats()
         counts, first = total.read_seconds.counts, len(_STAT_FIELDS)
         for values in self._slots():
-            for i, name in enumerate(_STAT_FIELDS):
-                setattr(total, name, getattr(total, name) + values[i])
+            _add(total, _STAT_FIELDS, values)
             for i in range(_BUCKETS):
                 counts[i] += values[first + i]
             total.read_seconds.total_seconds += values[-1]
@@ -99,14 +106,24 @@ class WorkerBoard:
     @property
     def cache(self) -> CacheCounters:
         total = CacheCounters()
-        first = len(_STAT_FIELDS) + _BUCKETS
         for values in self._slots():
-            for i, name in enumerate(_CACHE_FIELDS):
-                setattr(total, name, getattr(total, name) + values[first + i])
+            _add(total, _CACHE_FIELDS, values[_CACHE_AT:])
+        return total
+
+    @property
+    def store_stats(self) -> StoreStats:
+        total = StoreStats(**{name: getattr(self.before_fork, name) for name in _STORE_FIELDS})
+        for values in self._slots():
+            _add(total, _STORE_FIELDS, values[_STORE_AT:])
         return total
 
     def _slots(self) -> list[tuple]:
         return [_SLOT.unpack_from(self._memory, i * _SLOT.size) for i in range(self.workers)]
+
+
+def _add(total: object, names: tuple[str, ...], values: tuple) -> None:
+    for name, value in zip(names, values, strict=False):
+        setattr(total, name, getattr(total, name) + value)
 
 
 def answer_init(operations: pyfuse3.Operations) -> None:

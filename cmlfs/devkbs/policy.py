@@ -4,10 +4,16 @@
      "rules": [{"effect": "allow", "tee": ["sample"], "resource": "default/*/*"}]}
 
 Rules are tried in order; the first whose ``tee`` (a name, a list of names, or
-``"*"``) and ``resource`` (an fnmatch glob over ``repo/type/tag``, where ``*``
-also matches ``/``) both match decides; otherwise ``default`` decides. Trustee
-cannot run here (OPA/Rego), so dev-kbs accepts this format on the same
-endpoint, base64url-encoded the same way.
+``"*"``), ``resource`` (an fnmatch glob over ``repo/type/tag``, where ``*``
+also matches ``/``) and optional ``peer`` (``"loopback"``, ``"remote"`` or
+``"any"``, the default: where the resource request comes from) all match
+decides; otherwise ``default`` decides. Trustee cannot run here (OPA/Rego), so
+dev-kbs accepts this format on the same endpoint, base64url-encoded the same way.
+
+``DEFAULT_POLICY`` (no policy given) is Trustee's default policy
+(trustee kbs/sample_policies/default.rego: release unless the evidence is
+``sample``) relaxed for loopback only, where the development loop runs:
+``sample`` evidence gets resources only when the request comes from loopback.
 """
 
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ from cmlfs.keys.rcar import loads_strict
 MAX_POLICY_LEN = 64 * 1024
 MAX_RULES = 1000
 _EFFECTS = ("allow", "deny")
+_PEERS = ("any", "loopback", "remote")
 
 
 class PolicyError(CmlfsError):
@@ -30,9 +37,14 @@ class Rule:
     effect: str
     tees: tuple[str, ...]
     resource: str
+    peer: str = "any"
 
-    def matches(self, tee: str, path: str) -> bool:
-        return ("*" in self.tees or tee in self.tees) and fnmatchcase(path, self.resource)
+    def matches(self, tee: str, path: str, loopback: bool) -> bool:
+        return (
+            ("*" in self.tees or tee in self.tees)
+            and fnmatchcase(path, self.resource)
+            and self.peer in ("any", "loopback" if loopback else "remote")
+        )
 
 
 @dataclass(frozen=True)
@@ -40,14 +52,15 @@ class Policy:
     default: str
     rules: tuple[Rule, ...] = ()
 
-    def allows(self, tee: str, path: str) -> bool:
+    def allows(self, tee: str, path: str, loopback: bool) -> bool:
+        """Whether a ``tee`` guest may have ``path``, asked from a loopback peer or not."""
         for rule in self.rules:
-            if rule.matches(tee, path):
+            if rule.matches(tee, path, loopback):
                 return rule.effect == "allow"
         return self.default == "allow"
 
 
-ALLOW_ALL = Policy("allow")
+DEFAULT_POLICY = Policy("allow", (Rule("deny", ("sample",), "*", peer="remote"),))
 
 
 def parse_policy(data: bytes) -> Policy:
@@ -65,8 +78,13 @@ def parse_policy(data: bytes) -> Policy:
 
 
 def _parse_rule(raw: object) -> Rule:
-    if not isinstance(raw, dict) or set(raw) != {"effect", "tee", "resource"}:
-        raise PolicyError('each rule must have exactly "effect", "tee" and "resource"')
+    if not isinstance(raw, dict) or not {"effect", "tee", "resource"} <= set(raw) <= {
+        "effect",
+        "tee",
+        "resource",
+        "peer",
+    }:
+        raise PolicyError('each rule has "effect", "tee", "resource" and optionally "peer"')
     if raw["effect"] not in _EFFECTS:
         raise PolicyError('rule "effect" must be "allow" or "deny"')
     tees = raw["tee"] if isinstance(raw["tee"], list) else [raw["tee"]]
@@ -74,4 +92,7 @@ def _parse_rule(raw: object) -> Rule:
         raise PolicyError('rule "tee" must be a TEE name, a list of names, or "*"')
     if not isinstance(raw["resource"], str) or not raw["resource"]:
         raise PolicyError('rule "resource" must be a glob over repo/type/tag')
-    return Rule(raw["effect"], tuple(tees), raw["resource"])
+    peer = raw.get("peer", "any")
+    if peer not in _PEERS:
+        raise PolicyError('rule "peer" must be "loopback", "remote" or "any"')
+    return Rule(raw["effect"], tuple(tees), raw["resource"], peer)

@@ -4,8 +4,11 @@ The attestation token is shaped like Trustee's EAR token: ``submods.cpu0``
 holds the TEE's claims and ``runtime_data_claims`` with the ``tee-pubkey`` the
 resource is later encrypted to. It is signed with a P-256 key made at start,
 whose public JWK is also in the token header, as Trustee does without a
-configured signer. Admin requests carry an EdDSA (Ed25519) JWT with ``exp``,
-as Trustee's admin API expects.
+configured signer. Admin requests carry an EdDSA (Ed25519) JWT checked as
+Trustee's ``bearer_jwt`` admin authentication does (trustee
+kbs/src/admin/authentication/bearer_jwt.rs, kbs/src/crypto/jwt.rs): signature,
+``exp`` required and not passed, ``iss`` and ``aud`` (a string or a list
+holding it) when configured, and a string ``role`` claim.
 """
 
 import json
@@ -82,14 +85,28 @@ def tee_of(claims: dict) -> tuple[str, dict]:
         raise TokenError("attestation token carries no TEE public key") from None
 
 
-def verify_admin_token(token: str, public_key: jwk.JWK) -> None:
+def verify_admin_token(
+    token: str, public_key: jwk.JWK, issuer: str | None = None, audience: str | None = None
+) -> str:
+    """The ``role`` of a valid admin token; TokenError says why it is not valid."""
     try:
-        jwt.JWT(
+        parsed = jwt.JWT(
             jwt=token,
             key=public_key,
             algs=["EdDSA"],
             check_claims={"exp": None},
             expected_type="JWS",
         )
+        claims = json.loads(parsed.claims)
     except (JWException, ValueError, TypeError):
-        raise TokenError("admin token is invalid, expired or signed by another key") from None
+        raise TokenError("Cannot verify token with any of the issuers") from None
+    if issuer is not None and claims.get("iss") != issuer:
+        raise TokenError(f"Cannot verify token with any of the issuers (iss is not {issuer!r})")
+    audiences = claims.get("aud")
+    audiences = [audiences] if isinstance(audiences, str) else audiences
+    if audience is not None and (not isinstance(audiences, list) or audience not in audiences):
+        raise TokenError(f"Cannot verify token with any of the issuers (aud lacks {audience!r})")
+    role = claims.get("role")
+    if not isinstance(role, str):
+        raise TokenError("Missing required `role` claim in JWT")
+    return role

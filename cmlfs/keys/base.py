@@ -4,10 +4,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-Attester = Literal["auto", "tdx", "snp", "sample"]
+Attester = Literal["auto", "tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm", "sample"]
 TeeKeyType = Literal["ec", "rsa"]
 TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
 CCEL_PATH = Path("/sys/firmware/acpi/tables/data/CCEL")
+TPM_TCTI = "device:/dev/tpmrm0"  # the vTPM, through the kernel's resource manager
+METADATA_URL = "http://169.254.169.254"  # Azure's instance metadata service
+VTPM_REPORT_WAIT = 3.0  # seconds the paravisor is given to regenerate the HCL report
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class KeySettings:
     tsm_report_root: Path = TSM_REPORT_ROOT
     cdh_address: str = "127.0.0.1:8006"  # HOST:PORT of the data hub behind cdh:/// and kbs:///
     ccel_path: Path = CCEL_PATH
+    tpm_tcti: str = TPM_TCTI  # tpm2-tss TCTI of the vTPM (az-*-vtpm attesters)
+    metadata_url: str = METADATA_URL
+    vtpm_report_wait: float = VTPM_REPORT_WAIT
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ session is gone (expired, unknown) triggers a new handshake, a bounded number
 of times. Every broker error body ``{type, detail}`` becomes one line.
 
 The publishing side is here too: ``register_resource`` stores a resource
-through the admin API with an EdDSA bearer token.
+through the admin API with an EdDSA bearer token (``role``, and ``iss``/``aud``
+for deployments whose identity provider entry checks them).
 
 Never writes the key anywhere, never logs it, never puts it in a message.
 """
@@ -32,6 +33,7 @@ from cmlfs.keys.attesters import Attester, select_attester
 from cmlfs.keys.base import KeySettings, ReleasedKey
 from cmlfs.keys.bundle import parse_resource
 from cmlfs.keys.rcar import (
+    ADMIN_ROLE,
     API_PREFIX,
     DEFAULT_HASH,
     HASH_ALGORITHMS,
@@ -47,7 +49,7 @@ from cmlfs.keys.rcar import (
 )
 from cmlfs.keys.transport import UnreachableError, new_session, read_capped, send
 
-log = logging.getLogger("cmlfs.keys.kbs")
+log = logging.getLogger(__name__)
 
 MAX_JSON_RESPONSE = 1 << 20  # challenge, token: EAR tokens with TDX claims are tens of KiB
 MAX_RESOURCE_RESPONSE = 64 * 1024  # a JWE of a key or a key bundle is well under 8 KiB
@@ -316,7 +318,15 @@ def broker_error(response: requests.Response, what: str) -> BrokerError:
     return BrokerError(f"{what} failed: HTTP {status} {response.reason or ''}".rstrip(), "", status)
 
 
+# Trustee answers a refused admin token with AdminAuthAccess on its own endpoints and,
+# through its plugin path, with AdminAuthInitialization (kbs/src/api_server.rs).
+_ADMIN_HINT = (
+    " (the broker refused the admin request: check --admin-key, and --admin-issuer and "
+    "--admin-audience when its identity provider checks them)"
+)
 _HINTS = {
+    "AdminAuthAccess": _ADMIN_HINT,
+    "AdminAuthInitialization": _ADMIN_HINT,
     "PolicyDeny": " (the broker's resource policy does not release this key to this machine)",
     "PluginInternalError": " (no such resource on the broker, or it could not be read)",
     "PluginNotFound": " (the broker's resource plugin is not enabled)",
@@ -379,8 +389,22 @@ class KbsKeySource:
             return client.get_resource(self.resource.path)
 
 
-def admin_token(admin_key_pem: Path) -> str:
-    """An EdDSA (Ed25519) bearer JWT for Trustee's admin API: iat, exp, role."""
+@dataclass(frozen=True)
+class AdminIdentity:
+    """Who signs admin tokens: the Ed25519 key, and the ``iss``/``aud`` a deployment checks.
+
+    Trustee's ``bearer_jwt`` admin authentication compares ``iss`` and looks for
+    ``aud`` only when its identity-provider entry names them; then they must match.
+    """
+
+    key_pem: Path
+    issuer: str | None = None
+    audience: str | None = None
+
+
+def admin_token(admin: AdminIdentity) -> str:
+    """An EdDSA (Ed25519) bearer JWT for Trustee's admin API: iat, exp, role (iss, aud)."""
+    admin_key_pem = admin.key_pem
     try:
         key = jwk.JWK.from_pem(admin_key_pem.read_bytes())
     except OSError as exc:
@@ -390,16 +414,18 @@ def admin_token(admin_key_pem: Path) -> str:
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519" or not key.has_private:
         raise KeySourceError(f"{admin_key_pem} is not an Ed25519 private key")
     now = int(time.time())
-    token = jwt.JWT(
-        header={"alg": "EdDSA", "typ": "JWT"},
-        claims={"iat": now, "nbf": now, "exp": now + ADMIN_TOKEN_LIFETIME, "role": "admin"},
-    )
+    claims = {"iat": now, "nbf": now, "exp": now + ADMIN_TOKEN_LIFETIME, "role": ADMIN_ROLE}
+    if admin.issuer is not None:
+        claims["iss"] = admin.issuer
+    if admin.audience is not None:
+        claims["aud"] = admin.audience
+    token = jwt.JWT(header={"alg": "EdDSA", "typ": "JWT"}, claims=claims)
     token.make_signed_token(key)
     return token.serialize()
 
 
 def register_resource(
-    uri: str, data: bytes, settings: KeySettings, admin_key_pem: Path | None = None
+    uri: str, data: bytes, settings: KeySettings, admin: AdminIdentity | None = None
 ) -> str:
     """Store ``data`` at a ``kbs://`` URI through the admin API; returns the URI registered."""
     resource = parse_kbs_uri(uri, settings)
@@ -409,13 +435,13 @@ def register_resource(
         data,
         "application/octet-stream",
         settings,
-        admin_key_pem,
+        admin,
     )
     return resource.uri
 
 
 def set_resource_policy(
-    broker_uri: str, policy: bytes, settings: KeySettings, admin_key_pem: Path | None = None
+    broker_uri: str, policy: bytes, settings: KeySettings, admin: AdminIdentity | None = None
 ) -> None:
     """Replace the broker's resource policy (Rego for Trustee, JSON for dev-kbs)."""
     parts = _split_kbs_uri(broker_uri)
@@ -429,7 +455,7 @@ def set_resource_policy(
         body,
         "application/json",
         settings,
-        admin_key_pem,
+        admin,
     )
 
 
@@ -439,11 +465,11 @@ def _admin_post(
     body: bytes,
     content_type: str,
     settings: KeySettings,
-    admin_key_pem: Path | None,
+    admin: AdminIdentity | None,
 ) -> None:
     headers = {"Content-Type": content_type}
-    if admin_key_pem is not None:
-        headers["Authorization"] = f"Bearer {admin_token(admin_key_pem)}"
+    if admin is not None:
+        headers["Authorization"] = f"Bearer {admin_token(admin)}"
     with new_session(settings) as http:
         url = f"{base_url}{API_PREFIX}/{endpoint}"
         response = send(http, "POST", url, settings, body=body, headers=headers)

@@ -20,6 +20,8 @@ PROTOCOL_VERSION = "0.4.0"
 API_PREFIX = "/kbs/v0"
 SESSION_COOKIE = "kbs-session-id"
 ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
+# The `role` claim of cmlfs's admin tokens; Trustee's regex ACL maps roles to endpoints.
+ADMIN_ROLE = "admin"
 # The `tee` values of kbs-types; dev-kbs can verify only `sample` evidence.
 TEE_TYPES = frozenset(
     {

@@ -9,7 +9,7 @@ from cmlfs.errors import KeySourceError
 from cmlfs.keys.base import KeySettings, KeySource
 from cmlfs.keys.file import FileKeySource
 
-log = logging.getLogger("cmlfs.keys")
+log = logging.getLogger(__name__)
 
 
 def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySource:

@@ -43,9 +43,9 @@ from cmlfs.format.jwe import (
 from cmlfs.manifest import DirEntry
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
-from cmlfs.stores.base import Store
+from cmlfs.stores.base import Store, StoreStats
 
-log = logging.getLogger("cmlfs.reader")
+log = logging.getLogger(__name__)
 
 DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
@@ -182,7 +182,7 @@ def open_chunk(store: Store, entry: JweEntry, done: Authenticated, chunk: int) -
 
 class JweReader:
     """Random-access plaintext reads of the files of one JWE listing (ModelReader's
-    interface: ``read``, ``stats``, ``cache``, ``store``, ``after_read``)."""
+    interface: ``read``, ``stats``, ``cache``, ``store``, ``store_stats``, ``after_read``)."""
 
     def __init__(
         self,
@@ -210,6 +210,10 @@ class JweReader:
         self._passes = trio.CapacityLimiter(authenticators + 64)
         self._limiter = trio.CapacityLimiter(max(authenticators, 2))
         self._started = False
+
+    @property
+    def store_stats(self) -> StoreStats:
+        return self.store.stats
 
     # --- authentication ----------------------------------------------------------------
 

@@ -39,10 +39,10 @@ from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
-from cmlfs.stores.base import Store
+from cmlfs.stores.base import Store, StoreStats
 from cmlfs.stores.diskcache import DiskCache
 
-log = logging.getLogger("cmlfs.reader")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -154,6 +154,11 @@ class ModelReader:
         self._next_offset: dict[int, int] = {}
         self._frontier: dict[int, int] = {}  # per file: the chunk prefetching goes on from
 
+    @property
+    def store_stats(self) -> StoreStats:
+        """The store's own counters, so metrics read a reader and a WorkerBoard alike."""
+        return self.store.stats
+
     async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).
 
@@ -169,10 +174,11 @@ class ModelReader:
     async def _read(self, index: int, offset: int, size: int) -> bytes | memoryview:
         started = time.perf_counter()
         layout = self._layouts[index]
-        end = min(offset + size, layout.plaintext_size)
-        if offset >= end:
+        chunks = layout.chunks_for_range(offset, size)
+        if not chunks:
             return b""
-        first, last = offset // layout.chunk_size, (end - 1) // layout.chunk_size
+        end = min(offset + size, layout.plaintext_size)
+        first, last = chunks.start, chunks.stop - 1
         if self._max_ahead:
             self._prefetch(index, offset, end, last)
         pieces = []
@@ -182,7 +188,7 @@ class ModelReader:
             if span.records is not None:
                 span = self._opened(span, chunk, last)
             # From ``chunk`` on: a span fetched after an eviction may start before it.
-            start = max(offset, chunk * layout.chunk_size)
+            start = max(offset, layout.chunk_offset(chunk))
             pieces.append(memoryview(span.plaintext)[start - span.offset : end - span.offset])
             chunk = span.end
         result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)

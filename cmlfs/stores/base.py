@@ -91,7 +91,31 @@ def parse_header(line: str) -> tuple[str, str]:
     return name, value
 
 
+@dataclass
+class StoreStats:
+    """Counters of a store's own work for metrics, kept by the store, not read from its logs.
+
+    Fetch threads update them concurrently, so they change only through the methods here.
+    """
+
+    retries: int = 0  # requests sent again after a transient failure
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def count_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def reset(self) -> None:
+        """Count from zero again: a forked worker's counts start where its parent's stop."""
+        with self._lock:
+            self.retries = 0
+
+
 class Store(Protocol):
+    stats: StoreStats
+
     def describe(self) -> str:
         """Where this store is, for messages (no credentials)."""
         ...

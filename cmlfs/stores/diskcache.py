@@ -19,7 +19,7 @@ from pathlib import Path
 from cmlfs.errors import StoreError
 from cmlfs.stores.base import check_name
 
-log = logging.getLogger("cmlfs.stores")
+log = logging.getLogger(__name__)
 
 _TMP_PREFIX = ".tmp-"
 

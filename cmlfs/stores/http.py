@@ -368,6 +368,7 @@ class HttpStore(RangedStore):
         self._parts = parts._replace(path=parts.path.rstrip("/"), fragment="")
         self._headers = dict(settings.headers)
         self._transport = HttpTransport(settings)
+        self.stats = self._transport.retry.stats
 
     def describe(self) -> str:
         return safe_url(urlunsplit(self._parts))

@@ -241,6 +241,7 @@ class OciStore(RangedStore):
         scheme = "http" if settings.insecure_http else "https"
         self._base = f"{scheme}://{self.ref.registry}/v2/{self.ref.repository}"
         self._transport = HttpTransport(settings)
+        self.stats = self._transport.retry.stats
         self._auth: str | None = None
         self._auth_lock = threading.Lock()
         self._objects: dict[str, Descriptor] | None = None
@@ -328,7 +329,8 @@ class OciStore(RangedStore):
         )
 
     def _descriptor(self, name: str) -> Descriptor:
-        descriptor = self._artifact().get(check_name(name))
+        check_name(name)  # before the registry is asked for anything
+        descriptor = self._artifact().get(name)
         if descriptor is None:
             raise ObjectMissing(f"{name}: not part of {self.describe()}")
         return descriptor

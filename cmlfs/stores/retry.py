@@ -10,12 +10,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cmlfs.errors import StoreError
+from cmlfs.stores.base import StoreStats
 
-log = logging.getLogger("cmlfs.stores")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class RetryPolicy:
     attempts: int = 4
     base_delay: float = 0.1
     max_delay: float = 2.0
+    stats: StoreStats = field(default_factory=StoreStats, compare=False)  # counts the retries
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based): half fixed, half
@@ -48,6 +50,7 @@ class RetryPolicy:
             except TransientStoreError as exc:
                 if attempt >= self.attempts:
                     raise StoreError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
+                self.stats.count_retry()
                 log.info("event=store_retry what=%s attempt=%d reason=%s", what, attempt, exc)
                 time.sleep(self.delay(attempt))
             except StoreError as exc:

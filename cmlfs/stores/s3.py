@@ -67,6 +67,7 @@ class S3Store(RangedStore):
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
         )
         self._retry = RetryPolicy(attempts=settings.attempts)
+        self.stats = self._retry.stats
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

@@ -132,6 +132,24 @@ def test_store_retries_are_counted(model, tmp_path, nginx, proxy):
         assert "retries" in run_cli("status", mnt).stdout
 
 
+def test_store_retries_of_workers_are_counted(model, tmp_path, nginx, proxy):
+    """With --workers, reads are retried in the worker processes, the manifest's read in the
+    supervisor that serves /metrics before it forks them: each retry is counted once."""
+    store, key, contents = model
+    served = nginx.root / "retry-workers-model"
+    subprocess.run(["cp", "-r", str(store), str(served)], check=True)
+    blob = blob_of(store, key, "model.safetensors")
+    proxy.inject("503", path="retry-workers-model/manifest.cmlfs", times=1)
+    proxy.inject("503", path=blob, times=3)
+    url = f"{proxy.url}/retry-workers-model"
+    args = ("--key-file", key, "--workers", "2", "--http", "127.0.0.1:0")
+    with mounted(url, tmp_path / "mnt", *args) as mnt:
+        assert (mnt / "model.safetensors").read_bytes() == contents["model.safetensors"]
+        assert [s.fault for s in proxy.requests("retry-workers-model") if s.fault] == ["503"] * 4
+        assert metrics(status_url(mnt))["cmlfs_store_retries_total"] == 4
+        assert "4 retries" in run_cli("status", mnt).stdout
+
+
 def test_a_busy_port_refuses_the_mount_before_mounting(model, tmp_path):
     store, key, _ = model
     with socket.create_server(("127.0.0.1", 0)) as busy:

@@ -53,13 +53,15 @@ class DevKbsProcess:
         run_cli("key", "policy", f"kbs://{self.address}", "--policy-file", path, *transport)
 
 
-def start_dev_kbs(folder: Path, *extra: str, tls: bool = False) -> DevKbsProcess:
+def start_dev_kbs(
+    folder: Path, *extra: str, tls: bool = False, host: str = "127.0.0.1"
+) -> DevKbsProcess:
     folder.mkdir(parents=True, exist_ok=True)
     repository = folder / "repository"
     repository.mkdir()
     port = free_port()
     command = [sys.executable, "-m", "cmlfs", "dev-kbs", "--repository", str(repository)]
-    command += ["--listen", f"127.0.0.1:{port}", *extra]
+    command += ["--listen", f"{host}:{port}", *extra]
     ca = None
     if tls:
         ca, cert, key = make_tls(folder)

@@ -363,7 +363,9 @@ def test_register_needs_a_kbs_uri_and_an_admin_key_when_configured(
         result = run_cli(
             "key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http", check=False
         )
-        assert result.returncode != 0 and "AdminAuthAccess" in result.stderr
+        # Trustee answers a refused admin token on a plugin path as AdminAuthInitialization
+        assert result.returncode != 0 and "AdminAuthInitialization" in result.stderr
+        assert "refused the admin request" in result.stderr
         run_cli(
             "key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http",
             "--admin-key", admin,
@@ -373,3 +375,52 @@ def test_register_needs_a_kbs_uri_and_an_admin_key_when_configured(
         assert "needs a kbs://" in result.stderr
     finally:
         kbs.server.stop()
+
+
+# --- dev-kbs cannot become a production key dispenser by one flag --------------------------
+
+
+def test_dev_kbs_refuses_a_non_loopback_address_without_the_loud_option(tmp_path):
+    _, admin_public = ed25519_pair(tmp_path, "admin")
+    (tmp_path / "repo").mkdir()
+    result = run_cli(
+        "dev-kbs", "--repository", tmp_path / "repo", "--listen", "0.0.0.0:0",
+        "--admin-public-key", admin_public, check=False, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert "--insecure-dev-listen-anywhere" in result.stderr
+
+
+def test_dev_kbs_says_it_is_for_development_on_its_stderr(tmp_path):
+    """A plain warning line on the terminal, not only a log event (a log can go elsewhere)."""
+    kbs = start_dev_kbs(tmp_path / "kbs")
+    kbs.server.stop()
+    lines = kbs.server.log.read_text().splitlines()
+    assert any(
+        line.startswith("WARNING: cmlfs dev-kbs is for DEVELOPMENT AND TESTS ONLY")
+        for line in lines
+    ), lines
+
+
+def test_dev_kbs_anywhere_and_admin_tokens_with_issuer_and_audience(tmp_path, key_file):
+    """--insecure-dev-listen-anywhere serves every address, says so, and still checks admins
+    the way a Trustee identity provider entry with issuer and audience does."""
+    admin, admin_public = ed25519_pair(tmp_path, "admin")
+    kbs = start_dev_kbs(
+        tmp_path / "kbs", "--insecure-dev-listen-anywhere", "--admin-public-key", admin_public,
+        "--admin-issuer", "idp", "--admin-audience", "kbs", host="0.0.0.0",
+    )  # fmt: skip
+    try:
+        register = ["key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http"]
+        result = run_cli(*register, "--admin-key", admin, check=False)
+        assert result.returncode == 1 and "Cannot verify token" in result.stderr
+        assert "--admin-issuer" in result.stderr and result.stderr.count("\n") == 1
+        run_cli(*register, "--admin-key", admin, "--admin-issuer", "idp", "--admin-audience", "kbs")
+        assert (kbs.repository / "default/model/demo").read_bytes() == key_file.read_bytes()
+        result = run_cli(*register, "--admin-issuer", "idp", check=False)
+        assert result.returncode == 1 and "go with --admin-key" in result.stderr
+    finally:
+        kbs.server.stop()
+    assert "WARNING: serving 0.0.0.0 to other machines" in kbs.server.log.read_text()

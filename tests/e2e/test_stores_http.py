@@ -1,9 +1,7 @@
 """HTTP(S) stores: nginx serving a pushed store, the fault proxy in front of it, disk cache."""
 
-import errno
 import os
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from tests.conftest import (
     tree_digests,
     worker_pids,
 )
-from tests.e2e.stores_servers import assert_reads_back, blob_of, open_without_readahead
+from tests.e2e.stores_servers import assert_reads_back
 
 pytestmark = pytest.mark.fuse
 
@@ -45,20 +43,6 @@ def test_push_to_folder_then_mount_http_reads_back(served, tmp_path):
     assert "ok:" in run_cli("verify", url, "--key-file", key).stdout
     inspected = run_cli("inspect", url, "--key-file", key).stdout
     assert "cannot list" in inspected and "model.safetensors" in inspected
-
-
-def test_tampered_blob_on_the_server_gives_eio(served, tmp_path):
-    _, contents, store, key, folder, url = served
-    blob = folder / "blobs" / blob_of(store, key, "model.safetensors")
-    data = bytearray(blob.read_bytes())
-    data[HEADER_LEN + 1000] ^= 1
-    blob.write_bytes(bytes(data))
-    with mounted(url, tmp_path / "mnt", "--key-file", key) as mnt:
-        with pytest.raises(OSError) as failed:
-            (mnt / "model.safetensors").read_bytes()
-        assert failed.value.errno == errno.EIO
-        assert (mnt / "config.json").read_bytes() == contents["config.json"]
-    assert run_cli("verify", url, "--key-file", key, check=False).returncode != 0
 
 
 def connections_to(pid: int, port: int) -> set[int]:
@@ -127,60 +111,6 @@ def test_headers_refused_over_plain_http_without_insecure_flag(served):
     assert result.returncode == 1 and "--insecure-http" in result.stderr
     flagged = ("--store-header", "X-A: b", "--insecure-http")
     assert run_cli("verify", url, "--key-file", key, *flagged).returncode == 0
-
-
-def test_transient_faults_are_retried_with_correct_bytes(served, proxy, tmp_path):
-    src, _, store, key, folder, _ = served
-    url = f"{proxy.url}/{folder.name}"
-    names = ["model.safetensors", "exact-chunk.bin", "chunk-plus-one.bin", "one-byte"]
-    names.append("tokenizer/vocab.txt")
-    for kind, name in zip(("reset", "500", "503", "short", "stall"), names, strict=True):
-        proxy.inject(kind, path=blob_of(store, key, name))
-    with mounted(url, tmp_path / "mnt", "--key-file", key, *FAST) as mnt:
-        assert tree_digests(mnt) == tree_digests(src)
-    assert proxy.pending() == []
-    assert {s.fault for s in proxy.requests() if s.fault} == {
-        "reset",
-        "500",
-        "503",
-        "short",
-        "stall",
-    }
-
-
-def test_permanently_failing_blob_gives_eio_and_the_rest_stays_readable(served, proxy, tmp_path):
-    _, contents, store, key, folder, _ = served
-    url = f"{proxy.url}/{folder.name}"
-    proxy.inject("503", path=blob_of(store, key, "model.safetensors"), times=None)
-    with mounted(url, tmp_path / "mnt", "--key-file", key, *FAST) as mnt:
-        with pytest.raises(OSError) as failed:
-            (mnt / "model.safetensors").read_bytes()
-        assert failed.value.errno == errno.EIO
-        for name in ("config.json", "exact-chunk.bin", "tokenizer/vocab.txt"):
-            assert (mnt / name).read_bytes() == contents[name]
-        proxy.reset()
-        assert (mnt / "model.safetensors").read_bytes() == contents["model.safetensors"]
-
-
-def test_blob_replaced_under_a_running_mount_is_detected(served, tmp_path):
-    _, contents, store, key, folder, url = served
-    log = tmp_path / "daemon.log"
-    blob = folder / "blobs" / blob_of(store, key, "model.safetensors")
-    args = ("--key-file", key, "--fetch-size", "64K", "--cache-size", "1M", "--log-file", log)
-    with (
-        mounted(url, tmp_path / "mnt", *args) as mnt,
-        open_without_readahead(mnt / "model.safetensors") as f,  # chunk 4 not fetched yet
-    ):
-        assert f.read(4096) == contents["model.safetensors"][:4096]
-        replacement = blob.with_name("replacement")
-        shutil.copyfile(blob, replacement)
-        os.utime(replacement, (1_000_000, 1_000_000))  # a new ETag, the same size
-        os.rename(replacement, blob)
-        f.seek(4 * 65536)
-        with pytest.raises(OSError) as failed:
-            f.read(65536)
-        assert failed.value.errno == errno.EIO
-    assert "replaced since it was first read" in log.read_text()
 
 
 def test_disk_cache_hit_avoids_the_network_and_holds_no_plaintext(served, proxy, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from cmlfs.devkbs import DevKbs, DevKbsConfig
 from tests.fake_configfs_tsm import running_fake_tsm
+from tests.kbs_helpers import ed25519_pair
 
 
 @pytest.fixture
@@ -18,6 +19,23 @@ def devkbs(tmp_path: Path) -> Iterator[DevKbs]:
     kbs = DevKbs(DevKbsConfig(repository=repository, port=0)).start()
     try:
         yield kbs
+    finally:
+        kbs.stop()
+
+
+@pytest.fixture
+def admin_devkbs(tmp_path: Path) -> Iterator[tuple[DevKbs, Path]]:
+    """(dev-kbs, private admin key PEM): admin tokens need that Ed25519 key, and ``iss``
+    "idp" and ``aud`` "kbs", as a Trustee identity provider entry naming both."""
+    private, public = ed25519_pair(tmp_path, "admin")
+    repository = tmp_path / "admin-kbs-repository"
+    repository.mkdir()
+    config = DevKbsConfig(
+        repository, port=0, admin_public_key=public, admin_issuer="idp", admin_audience="kbs"
+    )
+    kbs = DevKbs(config).start()
+    try:
+        yield kbs, private
     finally:
         kbs.stop()
 

@@ -15,6 +15,7 @@ from cmlfs.keys.attesters import SampleAttester
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import make_bundle
 from cmlfs.keys.kbs import (
+    AdminIdentity,
     BrokerError,
     KbsClient,
     TeeKeyPair,
@@ -28,6 +29,7 @@ from tests.kbs_helpers import ed25519_pair
 SETTINGS = KeySettings(attester="sample", insecure_http=True)
 KEY = bytes(range(100, 132))
 PATH = "default/model/demo"
+AUTH = {"version": "0.4.0", "tee": "sample", "extra-params": ""}
 
 
 def kbs_uri(kbs: DevKbs, path: str = PATH) -> str:
@@ -76,7 +78,7 @@ def test_sessions_expire_on_their_own(tmp_path):
     kbs = DevKbs(DevKbsConfig(repository=tmp_path, port=0, session_ttl=0.2)).start()
     try:
         http = requests.Session()
-        auth = http.post(f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample"})
+        auth = http.post(f"{kbs.url}/kbs/v0/auth", json=AUTH)
         assert auth.status_code == 200
         cookie = {"Cookie": auth.headers["Set-Cookie"].split(";")[0]}
         time.sleep(0.3)
@@ -84,7 +86,7 @@ def test_sessions_expire_on_their_own(tmp_path):
             f"{kbs.url}/kbs/v0/attest", json=_attestation(auth.json()["nonce"]), headers=cookie
         )
         assert attest.status_code == 401
-        assert "session expired" in attest.json()["detail"]
+        assert "session not found" in attest.json()["detail"]
     finally:
         kbs.stop()
 
@@ -103,7 +105,7 @@ def _attestation(nonce: str, digest_nonce: str | None = None) -> dict:
 
 def test_challenge_cookie_and_token_shapes(devkbs):
     http = requests.Session()
-    auth = http.post(f"{devkbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample"})
+    auth = http.post(f"{devkbs.url}/kbs/v0/auth", json=AUTH)
     assert auth.status_code == 200
     challenge = auth.json()
     assert challenge["extra-params"] == ""
@@ -121,12 +123,12 @@ def test_challenge_cookie_and_token_shapes(devkbs):
 
 def test_evidence_with_a_wrong_nonce_is_rejected(devkbs):
     http = requests.Session()
-    nonce = http.post(f"{devkbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample"})
+    nonce = http.post(f"{devkbs.url}/kbs/v0/auth", json=AUTH)
     other = base64.b64encode(bytes(32)).decode()
     attest = http.post(f"{devkbs.url}/kbs/v0/attest", json=_attestation(other))
     assert attest.status_code == 401
     assert attest.json()["type"].endswith("/AttestationError")
-    assert "nonce does not match" in attest.json()["detail"]
+    assert "nonce in the handshake session is different" in attest.json()["detail"]
     # the right nonce in runtime-data but evidence over another nonce's digest
     attest = http.post(
         f"{devkbs.url}/kbs/v0/attest", json=_attestation(nonce.json()["nonce"], other)
@@ -148,7 +150,7 @@ def test_devkbs_verifies_only_sample_evidence(devkbs):
 
 
 def test_wrong_protocol_version_is_refused_like_trustee(devkbs):
-    reply = requests.post(f"{devkbs.url}/kbs/v0/auth", json={"version": "0.3.0", "tee": "sample"})
+    reply = requests.post(f"{devkbs.url}/kbs/v0/auth", json={**AUTH, "version": "0.3.0"})
     assert reply.status_code == 401
     assert reply.json() == {
         "type": "https://github.com/confidential-containers/kbs/errors/AttestationError",
@@ -162,7 +164,7 @@ def test_bearer_token_without_cookie_releases(devkbs):
     with client(devkbs) as kbs_client:
         kbs_client.handshake()
     http = requests.Session()
-    auth = http.post(f"{devkbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample"})
+    auth = http.post(f"{devkbs.url}/kbs/v0/auth", json=AUTH)
     token = http.post(
         f"{devkbs.url}/kbs/v0/attest", json=_attestation(auth.json()["nonce"])
     ).json()["token"]
@@ -216,23 +218,39 @@ def test_admin_api_with_an_ed25519_key(tmp_path):
     kbs = DevKbs(DevKbsConfig(repository, port=0, admin_public_key=admin_public)).start()
     try:
         uri = kbs_uri(kbs)
-        with pytest.raises(BrokerError, match=r"AdminAuthAccess: .*no bearer token"):
+        with pytest.raises(BrokerError, match=r"AdminAuthInitialization: .*Bearer header"):
             register_resource(uri, KEY, SETTINGS)
-        with pytest.raises(BrokerError, match="signed by another key"):
-            register_resource(uri, KEY, SETTINGS, intruder)
-        register_resource(uri, KEY, SETTINGS, admin)
+        with pytest.raises(BrokerError, match="Cannot verify token with any of the issuers"):
+            register_resource(uri, KEY, SETTINGS, AdminIdentity(intruder))
+        register_resource(uri, KEY, SETTINGS, AdminIdentity(admin))
         assert (repository / PATH).read_bytes() == KEY
         assert (repository / PATH).stat().st_mode & 0o077 == 0
     finally:
         kbs.stop()
 
 
+def test_admin_token_carries_the_issuer_and_audience_a_broker_checks(admin_devkbs):
+    """Trustee's bearer_jwt identity provider entry with `issuer` and `audience`."""
+    kbs, admin = admin_devkbs
+    uri = kbs_uri(kbs)
+    for partial in (
+        AdminIdentity(admin),
+        AdminIdentity(admin, "idp"),
+        AdminIdentity(admin, audience="kbs"),
+    ):
+        with pytest.raises(BrokerError, match="Cannot verify token") as refused:
+            register_resource(uri, KEY, SETTINGS, partial)
+        assert "--admin-issuer" in str(refused.value)
+    register_resource(uri, KEY, SETTINGS, AdminIdentity(admin, "idp", "kbs"))
+    assert (kbs.repository.root / PATH).read_bytes() == KEY
+
+
 def test_admin_key_must_be_ed25519(tmp_path):
     with pytest.raises(KeySourceError, match="cannot read admin key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
     (tmp_path / "x").write_text("junk")
     with pytest.raises(KeySourceError, match="not a PEM private key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
     (tmp_path / "x").write_bytes(
         ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,
@@ -241,12 +259,12 @@ def test_admin_key_must_be_ed25519(tmp_path):
         )
     )
     with pytest.raises(KeySourceError, match="not an Ed25519 private key"):
-        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, tmp_path / "x")
+        register_resource("kbs://127.0.0.1:1/a/b/c", KEY, SETTINGS, AdminIdentity(tmp_path / "x"))
 
 
 def test_open_admin_api_only_on_loopback(tmp_path):
     with pytest.raises(DevKbsError, match="without --admin-public-key"):
-        DevKbs(DevKbsConfig(tmp_path, host="0.0.0.0", port=0))
+        DevKbs(DevKbsConfig(tmp_path, host="0.0.0.0", port=0, listen_anywhere=True))
 
 
 def test_unreachable_broker_is_retried_then_named(devkbs):

@@ -190,12 +190,13 @@ def test_policy_first_matching_rule_decides():
         ).encode()
     )
     assert policy.rules[1] == Rule("allow", ("sample", "tdx"), "default/*")
-    assert policy.allows("sample", "default/model/demo")
-    assert policy.allows("tdx", "default/model/demo")
-    assert not policy.allows("snp", "default/model/demo")
-    assert not policy.allows("tdx", "default/secret/key")
-    assert not policy.allows("sample", "other/model/demo")
-    assert Policy("allow").allows("snp", "any/thing/here")
+    for loopback in (True, False):
+        assert policy.allows("sample", "default/model/demo", loopback)
+        assert policy.allows("tdx", "default/model/demo", loopback)
+        assert not policy.allows("snp", "default/model/demo", loopback)
+        assert not policy.allows("tdx", "default/secret/key", loopback)
+        assert not policy.allows("sample", "other/model/demo", loopback)
+        assert Policy("allow").allows("snp", "any/thing/here", loopback)
 
 
 @pytest.mark.parametrize(
