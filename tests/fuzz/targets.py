@@ -24,6 +24,7 @@ from urllib3 import HTTPResponse
 from urllib3._collections import HTTPHeaderDict
 from urllib3.exceptions import InvalidHeader
 
+from cmlfs.devkbs.protocol import TEE_PUBKEY_FIELDS, parse_attestation, parse_request
 from cmlfs.errors import CmlfsError, StoreError
 from cmlfs.format.aead import Algorithm, RecordCipher
 from cmlfs.format.header import BlobHeader, BlobOpener
@@ -31,7 +32,7 @@ from cmlfs.format.layout import MAX_PLAINTEXT_SIZE
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import parse_resource
 from cmlfs.keys.kbs import TeeKeyPair, _parse_challenge, _session_cookie, broker_error
-from cmlfs.keys.rcar import loads_strict
+from cmlfs.keys.rcar import PROTOCOL_VERSION, TEE_TYPES, loads_strict
 from cmlfs.keys.uri import key_source_from_uri
 from cmlfs.manifest import (
     MAX_ENTRIES,
@@ -141,6 +142,20 @@ def kbs_challenge(data: bytes) -> None:
     assert 0 < len(nonce) <= 1024 and hash_name in ("sha256", "sha384", "sha512")
 
 
+def devkbs_request(data: bytes) -> None:
+    """dev-kbs's /auth body parser (hostile guests talk to it too)."""
+    request = parse_request(data)
+    version = loads_strict(data, "request", CmlfsError)["version"]
+    assert request.tee in TEE_TYPES and version == PROTOCOL_VERSION
+
+
+def devkbs_attestation(data: bytes) -> None:
+    attestation = parse_attestation(data)
+    key = attestation.tee_pubkey
+    assert tuple(key) == TEE_PUBKEY_FIELDS[key["kty"]]
+    assert isinstance(attestation.nonce, str) and isinstance(attestation.additional_evidence, str)
+
+
 def kbs_error(data: bytes) -> None:
     error = broker_error(_response(401, data), "release")
     assert str(error).isprintable() and len(str(error)) < 1000
@@ -239,6 +254,8 @@ TARGETS: dict[str, Target] = {
         kbs_error,
         kbs_session_cookie,
         kbs_jwe,
+        devkbs_request,
+        devkbs_attestation,
         oci_image_manifest,
         oci_challenge,
         oci_token_answer,
@@ -313,6 +330,21 @@ def seeds() -> dict[str, list[bytes]]:
         ],
         "kbs_session_cookie": [b"kbs-session-id=0123456789abcdef; Path=/; HttpOnly"],
         "kbs_jwe": [json.dumps(jwe).encode()],
+        "devkbs_request": [
+            b'{"version":"0.4.0","tee":"sample","extra-params":""}',
+            b'{"version":"0.4.0","tee":"tdx","extra-params":{"supported-hash-algorithms":["sha384"]}}',
+        ],
+        "devkbs_attestation": [
+            json.dumps(
+                {
+                    "runtime-data": {"nonce": "AAEC", "tee-pubkey": TeeKeyPair("ec").public_jwk},
+                    "tee-evidence": {
+                        "primary_evidence": {"svn": "1", "report_data": ""},
+                        "additional_evidence": "{}",
+                    },
+                }
+            ).encode()
+        ],
         "oci_image_manifest": [json.dumps(image).encode()],
         "oci_challenge": [
             b'Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"'

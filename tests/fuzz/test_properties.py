@@ -76,6 +76,8 @@ JSON_TARGETS = [
     "key_bundle",
     "kbs_challenge",
     "kbs_jwe",
+    "devkbs_request",
+    "devkbs_attestation",
     "oci_image_manifest",
     "oci_token_answer",
 ]
