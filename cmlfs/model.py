@@ -7,13 +7,17 @@ before a file of the model is read.
 
 A location without a manifest may be a KServe-style JWE model folder instead
 (``open_jwe_folder``): its listing and its key; each file authenticates on its own
-when read (cmlfs.reader.jwe).
+when read (cmlfs.reader.jwe), or whole when imported into a cmlfs store
+(``import_jwe_folder``).
 """
 
 import hmac
+from collections.abc import Iterator
+from pathlib import Path
 
 from cmlfs.errors import FormatError, IntegrityError, KeySourceError
 from cmlfs.format.jwe import JWE_SUFFIX, key_from_resource
+from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
 from cmlfs.manifest import (
     MANIFEST_NAME,
@@ -23,7 +27,8 @@ from cmlfs.manifest import (
     open_manifest,
     read_envelope,
 )
-from cmlfs.reader.jwe import JweListing, list_jwe_folder
+from cmlfs.publish import EncryptSettings, PlainFile, Progress, PublishError, seal_model
+from cmlfs.reader.jwe import JweEntry, JweListing, authenticate_file, list_jwe_folder, open_chunk
 from cmlfs.stores import Store, StoreSettings, open_store
 from cmlfs.stores.base import ObjectMissing
 
@@ -104,3 +109,33 @@ def open_jwe_folder(
     except FormatError as exc:
         raise KeySourceError(f"{key_source.describe()}: {exc}") from None
     return store, listing, key
+
+
+def import_jwe_folder(
+    store: Store,
+    listing: JweListing,
+    key: bytes,
+    target: Path,
+    settings: EncryptSettings,
+    progress: Progress = lambda n: None,
+) -> Manifest:
+    """Seal the files of a KServe-style JWE folder into the new cmlfs store ``target``
+    with the same key: each file is authenticated whole first, then decrypted chunk by
+    chunk (each checked against its hash from that pass) straight into its blob. Any
+    failure leaves nothing behind. ``progress`` counts both passes."""
+    if len(key) != MODEL_KEY_LEN:
+        raise PublishError(
+            f"the JWE folder's key is {len(key)} bytes; a cmlfs store is sealed with a "
+            f"{MODEL_KEY_LEN}-byte key: encrypt the model with a new key instead"
+        )
+
+    def file(entry: JweEntry) -> PlainFile:
+        def blocks() -> Iterator[bytearray]:
+            done = authenticate_file(store, entry, key, progress)
+            for chunk in range(entry.parts.n_chunks):
+                yield open_chunk(store, entry, done, chunk)
+
+        return PlainFile(entry.path, entry.size, entry.mode, entry.mtime_ns, blocks)
+
+    files = [file(entry) for entry in listing.files]
+    return seal_model(files, listing.dirs, target, key, settings, progress)

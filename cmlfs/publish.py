@@ -1,7 +1,7 @@
 """Encrypting a model folder into a store folder (the model owner's side).
 
-Reads plaintext only from the source folder (or, importing, from the authenticated
-files of a JWE model folder, in memory) and writes only ciphertext: each file
+Reads plaintext only from the source folder (or, importing, from blocks it is given
+in memory: cmlfs.model.import_jwe_folder) and writes only ciphertext: each file
 becomes one blob ``blobs/<sha256 of the blob>``, then the sealed ``manifest.cmlfs``
 is written last, so a store without a manifest is visibly incomplete. On failure
 everything written is removed.
@@ -18,7 +18,6 @@ from pathlib import Path
 from cmlfs.errors import CmlfsError, FormatError
 from cmlfs.format.aead import Algorithm
 from cmlfs.format.header import BlobSealer
-from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.format.layout import DEFAULT_CHUNK_SIZE, ChunkLayout
 from cmlfs.manifest import (
     MANIFEST_NAME,
@@ -28,8 +27,6 @@ from cmlfs.manifest import (
     check_path,
     seal_manifest,
 )
-from cmlfs.reader.jwe import JweEntry, JweListing, authenticate_file, open_chunk
-from cmlfs.stores import Store
 
 Progress = Callable[[int], None]
 
@@ -145,36 +142,6 @@ def seal_model(
     except BaseException:
         _remove_output(store, created)
         raise
-
-
-def import_jwe_folder(
-    store: Store,
-    listing: JweListing,
-    key: bytes,
-    target: Path,
-    settings: EncryptSettings,
-    progress: Progress = lambda n: None,
-) -> Manifest:
-    """Seal the files of a KServe-style JWE folder into the new cmlfs store ``target``
-    with the same key: each file is authenticated whole first, then decrypted chunk by
-    chunk (each checked against its hash from that pass) straight into its blob. Any
-    failure leaves nothing behind. ``progress`` counts both passes."""
-    if len(key) != MODEL_KEY_LEN:
-        raise PublishError(
-            f"the JWE folder's key is {len(key)} bytes; a cmlfs store is sealed with a "
-            f"{MODEL_KEY_LEN}-byte key: encrypt the model with a new key instead"
-        )
-
-    def file(entry: JweEntry) -> PlainFile:
-        def blocks() -> Iterator[bytearray]:
-            done = authenticate_file(store, entry, key, progress)
-            for chunk in range(entry.parts.n_chunks):
-                yield open_chunk(store, entry, done, chunk)
-
-        return PlainFile(entry.path, entry.size, entry.mode, entry.mtime_ns, blocks)
-
-    files = [file(entry) for entry in listing.files]
-    return seal_model(files, listing.dirs, target, key, settings, progress)
 
 
 def total_bytes(src: Path) -> int:

@@ -145,8 +145,7 @@ def add_import(sub: argparse._SubParsersAction) -> None:
 
 
 def import_jwe(args: argparse.Namespace) -> int:
-    from cmlfs.model import open_jwe_folder
-    from cmlfs.publish import import_jwe_folder
+    from cmlfs.model import import_jwe_folder, open_jwe_folder
 
     if args.key_id is not None:
         raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
