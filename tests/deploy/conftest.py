@@ -34,6 +34,18 @@ def tool(name: str) -> str:
     return path
 
 
+def kubernetes_validate(path: Path, kube: str) -> None:
+    """Fail the test unless ``kubernetes-validate --strict`` accepts every object in ``path``
+    for Kubernetes ``kube``."""
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "-k", kube, "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, ROOT, tool
+from tests.deploy.conftest import CHART, ROOT, kubernetes_validate, tool
 
 KUBE_VERSIONS = ["1.29.0", "1.33.0"]
 EXAMPLES = ["vllm-values.yaml", "tgi-values.yaml", "tei-values.yaml"]
@@ -62,13 +62,7 @@ VARIANTS = {
 def test_rendered_objects_pass_strict_kubernetes_validation(variant, kube, tmp_path):
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(template(*VARIANTS[variant], kube=kube))
-    result = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", "-k", kube, "--quiet", str(rendered)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    kubernetes_validate(rendered, kube)
 
 
 def test_cmlfs_is_off_by_default_and_the_model_volume_is_opea_style():
@@ -256,8 +250,7 @@ spec:
     assert spec["containers"][0]["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
     rendered = tmp_path / "pod.yaml"
     rendered.write_text(template(chart=chart))
-    validate = [tool("kubernetes-validate"), "--strict", "-k", "1.29.0", "--quiet", str(rendered)]
-    assert subprocess.run(validate, capture_output=True, timeout=120).returncode == 0
+    kubernetes_validate(rendered, "1.29.0")
 
 
 def test_plain_manifests_are_the_current_render_of_the_chart(tmp_path):
@@ -276,7 +269,8 @@ def test_plain_manifests_are_the_current_render_of_the_chart(tmp_path):
 
 
 def test_yaml_files_pass_yamllint():
-    files = [*CHART.glob("*.yaml"), *(ROOT / "deploy" / "manifests").glob("*.yaml")]
+    manifests = ROOT / "deploy" / "manifests"
+    files = [*CHART.glob("*.yaml"), *manifests.glob("*.yaml"), *manifests.glob("kserve/*.yaml")]
     config = (
         "{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
         "indentation: {indent-sequences: whatever}}}"  # helm's toYaml does not indent lists
