@@ -21,6 +21,7 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 
 from cmlfs.errors import CmlfsError
+from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
 from cmlfs.reader.jwe import JweListing, JweReader
@@ -57,7 +58,7 @@ def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
         except pyfuse3.FUSEError:
             raise
         except CmlfsError as exc:
-            log.error("event=read_failed op=%s reason=%s", handler.__name__, exc)
+            log.error("event=read_failed op=%s reason=%s", handler.__name__, quote(exc))
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("event=handler_crashed op=%s", handler.__name__)

@@ -13,6 +13,7 @@ import resource
 from pathlib import Path
 
 from cmlfs.errors import MountError
+from cmlfs.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ def lock_memory(cache_bytes: int) -> bool:
     needed = _address_space_bytes() + cache_bytes + LOCK_HEADROOM
     if not _has_capability(_CAP_IPC_LOCK) and hard != resource.RLIM_INFINITY and hard < needed:
         log.warning(
-            "event=memory_not_locked reason=RLIMIT_MEMLOCK is %d bytes, about %d needed; "
-            "grant CAP_IPC_LOCK or raise the limit (ulimit -l) to keep the cache out of swap",
+            'event=memory_not_locked reason="RLIMIT_MEMLOCK is %d bytes, about %d needed; '
+            'grant CAP_IPC_LOCK or raise the limit (ulimit -l) to keep the cache out of swap"',
             hard,
             needed,
         )
@@ -58,7 +59,7 @@ def lock_memory(cache_bytes: int) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) != 0:
         reason = os.strerror(ctypes.get_errno())
-        log.warning("event=memory_not_locked reason=mlockall failed: %s", reason)
+        log.warning("event=memory_not_locked reason=%s", quote(f"mlockall failed: {reason}"))
         return False
     log.info("event=memory_locked flags=MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT")
     return True

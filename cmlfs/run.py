@@ -23,6 +23,7 @@ from types import FrameType
 from cmlfs.daemon.daemonize import await_ready, fork_daemon, wait_exit
 from cmlfs.daemon.settings import MountSettings
 from cmlfs.errors import CmlfsError, MountError
+from cmlfs.logfmt import quote
 from cmlfs.mountpoint import mount_entry, unmount
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,13 @@ def _supervise(command: list[str], forwarder: _Forwarder) -> tuple[int, bool]:
         forwarder.server_pid = _spawn(command)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # pending signals go to the server
-    log.info("event=server_started pid=%d command=%s", forwarder.server_pid, command[0])
+    log.info("event=server_started pid=%d command=%s", forwarder.server_pid, quote(command[0]))
     while True:
         pid, wait_status = os.wait()  # any child: also reaps orphans when this is PID 1
         if pid == forwarder.server_pid:
             return _shell_status(os.waitstatus_to_exitcode(wait_status)), True
         if pid == forwarder.daemon_pid:
-            log.error("event=mount_lost reason=the daemon exited; stopping the server")
+            log.error('event=mount_lost reason="the daemon exited; stopping the server"')
             _stop_server(forwarder.server_pid)
             return MOUNT_LOST_STATUS, False
 
@@ -149,7 +150,7 @@ def _stop_daemon(pid: int | None, settings: MountSettings) -> None:
         try:
             unmount(settings.mountpoint, lazy=True)
         except MountError as exc:
-            log.warning("event=unmount_failed reason=%s", exc)
+            log.warning("event=unmount_failed reason=%s", quote(exc))
             time.sleep(0.1)
 
 

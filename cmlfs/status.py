@@ -42,6 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from cmlfs import __version__
 from cmlfs.errors import MountError
+from cmlfs.logfmt import quote
 from cmlfs.mountpoint import FS_TYPE, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.units import format_size
@@ -267,7 +268,11 @@ class StatusServer:
         try:
             return write_record(runtime_dir, self.mountpoint, self.url)
         except OSError as exc:
-            log.warning("event=status_record_failed dir=%s reason=%s", runtime_dir, exc.strerror)
+            log.warning(
+                "event=status_record_failed dir=%s reason=%s",
+                quote(runtime_dir),
+                quote(exc.strerror),
+            )
             return None
 
     def close(self) -> None:

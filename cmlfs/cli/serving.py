@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cmlfs.cli.options import add_mount_options, mount_settings
 from cmlfs.errors import CmlfsError
+from cmlfs.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def mount(args: argparse.Namespace) -> int:
 
     def notify(error: str | None) -> None:
         if error is None:
-            log.info("event=ready mountpoint=%s", settings.mountpoint)
+            log.info("event=ready mountpoint=%s", quote(settings.mountpoint))
 
     return serve_reporting(settings, notify)
 

@@ -25,6 +25,7 @@ from cmlfs.daemon.workers import WorkerBoard, WorkerSet, answer_init, fork_worke
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.fs import ModelFs
 from cmlfs.hardening import disable_core_dumps, keep_large_buffers, lock_memory
+from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
 from cmlfs.model import holds_cmlfs_model, open_jwe_folder, open_model
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
@@ -58,7 +59,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     if settings.workers > 1 and settings.disk_cache is not None:
         raise MountError("--disk-cache is kept by one process: it cannot serve --workers")
     if clear_stale_mount(settings.mountpoint):
-        log.warning("event=stale_mount_cleared mountpoint=%s", settings.mountpoint)
+        log.warning("event=stale_mount_cleared mountpoint=%s", quote(settings.mountpoint))
     board = background = None
     if holds_cmlfs_model(settings.store, settings.store_settings):
         store, manifest, reader = _open_model_reader(settings)
@@ -81,8 +82,8 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         raise MountError(f"cannot mount at {settings.mountpoint}: {exc}") from None
     log.info(
         "event=mounted mountpoint=%s store=%s files=%d",
-        settings.mountpoint,
-        store.describe(),
+        quote(settings.mountpoint),
+        quote(store.describe()),
         len(manifest.files),
     )
     try:
@@ -99,7 +100,7 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         store.close()
         if status is not None:
             status.close()
-        log.info("event=unmounted mountpoint=%s", settings.mountpoint)
+        log.info("event=unmounted mountpoint=%s", quote(settings.mountpoint))
 
 
 def _open_model_reader(settings: MountSettings) -> tuple[Store, Manifest, ModelReader]:
@@ -259,7 +260,7 @@ def tune_connection(mountpoint: Path) -> None:
         try:
             path.write_text(f"{value}\n")
         except OSError as exc:
-            log.info("event=tuning_skipped path=%s reason=%s", path, exc.strerror)
+            log.info("event=tuning_skipped path=%s reason=%s", quote(path), quote(exc.strerror))
 
 
 def serve_reporting(settings: MountSettings, notify: Notify) -> int:

@@ -60,6 +60,7 @@ from cmlfs.keys.rcar import (
     resource_path,
     runtime_data_digest,
 )
+from cmlfs.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,9 @@ class DevKbs:
         self.scheme = "https"
 
     def serve(self) -> None:
-        log.warning("event=dev_kbs_start %s", BANNER.format(repo=self.config.repository))
+        log.warning(
+            "event=dev_kbs_start reason=%s", quote(BANNER.format(repo=self.config.repository))
+        )
         log.info("event=listening url=%s", self.url)
         self.httpd.serve_forever()
 
@@ -251,18 +254,18 @@ class DevKbs:
             raise KbsError("TokenVerifierError", f"Token Verifier error: {exc}") from None
         resource = _checked_path(path)
         if not self.policy.allows(tee, resource, loopback=_is_loopback(peer)):
-            log.info("event=release_denied tee=%s resource=%s peer=%s", tee, resource, peer)
+            log.info("event=release_denied tee=%s resource=%s peer=%s", tee, quote(resource), peer)
             raise KbsError("PolicyDeny", "Access denied by policy")
         try:
             data = self.repository.read(resource)
         except RepositoryError:
-            log.info("event=release_missing resource=%s", resource)
+            log.info("event=release_missing resource=%s", quote(resource))
             raise KbsError("PluginInternalError", "Plugin internal error") from None
         try:
             response = encrypt_to(tee_pubkey, data)
         except JweError as exc:
             raise KbsError("JweError", f"JWE failed: {exc}") from None
-        log.info("event=released tee=%s resource=%s", tee, resource)
+        log.info("event=released tee=%s resource=%s", tee, quote(resource))
         return response
 
     def check_admin(self, uri: str, peer: str, authorization: str | None) -> None:
@@ -292,7 +295,7 @@ class DevKbs:
             self.repository.write(resource, data)
         except RepositoryError as exc:
             raise KbsError("PluginInternalError", f"Plugin internal error: {exc}") from None
-        log.info("event=resource_stored resource=%s bytes=%d", resource, len(data))
+        log.info("event=resource_stored resource=%s bytes=%d", quote(resource), len(data))
 
     def set_policy(self, body: bytes) -> None:
         """Trustee's checks and texts (api_server.rs, resource-policy POST)."""
@@ -328,7 +331,7 @@ def _auth_failed(reason: str) -> KbsError:
 
 def _attest_failed(reason: str) -> KbsError:
     # Trustee hides the reason here; a development broker says it.
-    log.info("event=attest_failed reason=%s", reason)
+    log.info("event=attest_failed reason=%s", quote(reason))
     return KbsError(
         "AttestationError", f"Attestation error: RCAR handshake Attest failed: {reason}"
     )
@@ -405,7 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = dumps_compact({"type": error_type(exc.variant), "detail": exc.detail})
             self._reply(exc.status, body, "application/json")
         except Exception:
-            log.exception("event=handler_failed path=%s", self.path)
+            log.exception("event=handler_failed path=%s", quote(self.path))
             body = dumps_compact({"type": error_type("HTTPFailed"), "detail": "internal error"})
             self._reply(500, body, "application/json")
 
@@ -492,7 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("event=http peer=%s %s", self.client_address[0], format % args)
+        log.debug("event=http peer=%s request=%s", self.client_address[0], quote(format % args))
 
 
 def parse_listen(text: str) -> tuple[str, int]:

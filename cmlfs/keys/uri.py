@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 from cmlfs.errors import KeySourceError
 from cmlfs.keys.base import KeySettings, KeySource
 from cmlfs.keys.file import FileKeySource
+from cmlfs.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySou
             settings.attester == "auto" and settings.tsm_report_root.is_dir()
         ):
             log.warning(
-                "event=key_file_in_tee uri=%s a key file sits on this machine's disk; "
-                "development only, use kbs:// or cdh:// in a TEE",
-                uri,
+                "event=key_file_in_tee uri=%s reason=\"a key file sits on this machine's disk; "
+                'development only, use kbs:// or cdh:// in a TEE"',
+                quote(uri),
             )
         return FileKeySource(Path(unquote(parts.path)))
     if parts.scheme == "cdh" or (parts.scheme == "kbs" and not parts.netloc):

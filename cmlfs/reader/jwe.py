@@ -40,6 +40,7 @@ from cmlfs.format.jwe import (
     open_parts,
     served_name,
 )
+from cmlfs.logfmt import quote
 from cmlfs.manifest import DirEntry
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
@@ -98,7 +99,9 @@ def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
             continue
         other = files.get(entry.path)
         if other is not None and (other.plain or not entry.plain):
-            log.warning("event=file_skipped path=%s reason=two files serve this name", entry.path)
+            log.warning(
+                'event=file_skipped path=%s reason="two files serve this name"', quote(entry.path)
+            )
             files.pop(entry.path)
         elif other is None:
             files[entry.path] = entry
@@ -107,7 +110,7 @@ def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
         parts = path.split("/")
         folders.update("/".join(parts[:n]) for n in range(1, len(parts)))
     for path in sorted(folders & files.keys()):
-        log.warning("event=file_skipped path=%s reason=a folder has this name", path)
+        log.warning('event=file_skipped path=%s reason="a folder has this name"', quote(path))
         del files[path]
     dirs = [DirEntry(path, DIR_MODE, now) for path in sorted(folders)]
     return JweListing([files[p] for p in sorted(files)], dirs)
@@ -119,7 +122,9 @@ def _entry(store: Store, name: str, show_plain: bool, now: int) -> JweEntry | No
     if not (is_jwe_name(name) or head.startswith(JWE_MAGIC)):
         if show_plain:
             return JweEntry(name, name, size, FILE_MODE, now)
-        log.warning("event=file_refused path=%s reason=not a JWE file (unauthenticated)", name)
+        log.warning(
+            'event=file_refused path=%s reason="not a JWE file (unauthenticated)"', quote(name)
+        )
         return None
     path = served_name(name)
     tail = head[-TAIL_BYTES:] if size <= HEAD_BYTES else b""
@@ -257,7 +262,9 @@ class JweReader:
                     except CmlfsError:
                         pass  # logged; reads of the file report it
                     except Exception:
-                        log.exception("event=authentication_crashed path=%s", self._path(index))
+                        log.exception(
+                            "event=authentication_crashed path=%s", quote(self._path(index))
+                        )
 
         async with trio.open_nursery() as nursery:
             for _ in range(self._background.total_tokens):
@@ -284,7 +291,7 @@ class JweReader:
             self.stats.store_errors += 1  # not recorded: a later read tries again
             raise
         self._done[index] = done
-        log.info("event=jwe_authenticated path=%s", self._path(index))
+        log.info("event=jwe_authenticated path=%s", quote(self._path(index)))
         return done
 
     def _authenticate(self, index: int) -> Authenticated:
@@ -292,7 +299,7 @@ class JweReader:
 
     def _fail(self, index: int, error: IntegrityError) -> None:
         self._failed[index] = error
-        log.error("event=jwe_refused path=%s reason=%s", self._path(index), error)
+        log.error("event=jwe_refused path=%s reason=%s", quote(self._path(index)), quote(error))
 
     def _path(self, index: int) -> str:
         return self.listing.files[index].path

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from cmlfs.errors import StoreError
+from cmlfs.logfmt import quote
 from cmlfs.stores.base import check_name
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class DiskCache:
             os.rename(tmp, self.root / key)
         except OSError as exc:
             _remove(tmp)
-            log.warning("event=disk_cache_write_failed reason=%s", exc.strerror)
+            log.warning("event=disk_cache_write_failed reason=%s", quote(exc.strerror))
             return
         with self._lock:
             self.used += length - self._entries.pop(key, 0)
@@ -125,7 +126,7 @@ def _remove(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
-        log.warning("event=disk_cache_remove_failed reason=%s", exc.strerror)
+        log.warning("event=disk_cache_remove_failed reason=%s", quote(exc.strerror))
 
 
 def _key(name: str, offset: int, length: int) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cmlfs.errors import StoreError
+from cmlfs.logfmt import quote
 from cmlfs.stores.base import StoreStats
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,12 @@ class RetryPolicy:
                 if attempt >= self.attempts:
                     raise StoreError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
                 self.stats.count_retry()
-                log.info("event=store_retry what=%s attempt=%d reason=%s", what, attempt, exc)
+                log.info(
+                    "event=store_retry what=%s attempt=%d reason=%s",
+                    quote(what),
+                    attempt,
+                    quote(exc),
+                )
                 time.sleep(self.delay(attempt))
             except StoreError as exc:
                 raise type(exc)(f"{what}: {exc}") from None

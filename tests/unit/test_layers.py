@@ -4,7 +4,7 @@ its own (read from the source with ast, imports inside functions and TYPE_CHECKI
 The layers of DESIGN.md, lowest first: format < manifest < stores/keys < reader < fs <
 daemon < cli, with these placed where they honestly belong:
 
-- base (below format): ``errors``, ``units``, the package's ``__init__`` (its version),
+- base (below format): ``errors``, ``units``, ``logfmt``, the package's ``__init__`` (its version),
   ``mountpoint`` (the mount table) and ``hardening`` (core dumps, memory locking) are
   process-level helpers with no other cmlfs imports, used from several layers up.
 - stores and keys share a level but never import each other: where blobs live and where
@@ -35,6 +35,7 @@ LAYERS = {
     "cmlfs": ("base", 0),
     "cmlfs.errors": ("base", 0),
     "cmlfs.units": ("base", 0),
+    "cmlfs.logfmt": ("base", 0),
     "cmlfs.mountpoint": ("base", 0),
     "cmlfs.hardening": ("base", 0),
     "cmlfs.format": ("format", 1),

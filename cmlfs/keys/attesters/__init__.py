@@ -41,7 +41,8 @@ def select_attester(settings: KeySettings) -> Attester:
         return AzureVtpmAttester(choice, settings)
     if choice == "sample":
         log.warning(
-            "event=sample_attester the sample attester proves nothing; development and tests only"
+            'event=sample_attester reason="the sample attester proves nothing; '
+            'development and tests only"'
         )
         return SampleAttester()
     raise ValueError(f"unknown attester {settings.attester!r}")
