@@ -22,7 +22,7 @@ SESSION_COOKIE = "kbs-session-id"
 ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 # The `role` claim of cmlfs's admin tokens; Trustee's regex ACL maps roles to endpoints.
 ADMIN_ROLE = "admin"
-# The `tee` values of kbs-types; dev-kbs can verify only `sample` evidence.
+# The `tee` values of kbs-types (dev-kbs has verifiers for a few of them).
 TEE_TYPES = frozenset(
     {
         "az-snp-vtpm",
