@@ -83,9 +83,9 @@ def keep_large_buffers() -> None:
     """Serve 1-4 MiB request buffers from the heap and keep freed memory for reuse.
 
     By default glibc maps every allocation above 128 KiB afresh and unmaps it when
-    freed, so each read pays a page fault per 4 KiB page (about 3 us each on VMs that
-    return freed memory to the host). Reusing heap memory removes that cost; RSS
-    stays bounded by the peak of cache plus requests in flight.
+    freed, so each read pays a page fault per 4 KiB page (dearest on VMs that return
+    freed memory to the host: benchmarks/RESULTS.md). Reusing heap memory removes that
+    cost; RSS stays bounded by the peak of cache plus requests in flight.
     """
     libc = ctypes.CDLL(None)
     libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)

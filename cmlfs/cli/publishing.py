@@ -26,7 +26,7 @@ from cmlfs.units import format_size
 
 @contextmanager
 def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
-    from tqdm import tqdm  # imported here: it costs a mount's start ~0.1 s
+    from tqdm import tqdm  # imported here: it would slow every start (benchmarks/RESULTS.md)
 
     with tqdm(
         total=total,

@@ -48,7 +48,7 @@ def mount(args: argparse.Namespace) -> int:
         await_ready(ready_fd, pid, args.ready_timeout)
         print(f"mounted {args.store} at {args.mountpoint}", flush=True)
         # As daemon(3) does, the parent leaves without tearing down its interpreter: the
-        # teardown of the modules a mount imports takes ~0.1 s and protects nothing.
+        # teardown of the modules a mount imports takes time and protects nothing.
         os._exit(0)
 
     def notify(error: str | None) -> None:

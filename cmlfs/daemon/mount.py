@@ -41,8 +41,8 @@ if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --h
 log = logging.getLogger(__name__)
 
 # 1 MiB FUSE requests, several in flight: an 8 MiB window also sizes the read-around of
-# page faults on an mmapped model (safetensors), which cut a cold all-mpnet-base-v2 load
-# from 1.56x to 1.32x plaintext (benchmarks/RESULTS.md) without slowing other reads.
+# page faults on an mmapped model (safetensors), which loads a cold model markedly faster
+# without slowing other reads (benchmarks/RESULTS.md, "Figures behind code choices").
 READAHEAD_KB = 8192
 MAX_BACKGROUND = 64
 

@@ -50,7 +50,7 @@ class Backend(Enum):
     """Which library opens records. Both give identical results (RFC 8452 / SP 800-38D)."""
 
     CRYPTOGRAPHY = "cryptography"  # releases the GIL: scales over worker threads
-    TINK = "tink"  # BoringSSL's GCM-SIV, ~5x faster per core here, but holds the GIL
+    TINK = "tink"  # BoringSSL's GCM-SIV, several times faster per core, but holds the GIL
 
 
 @functools.cache
@@ -68,8 +68,8 @@ def default_backend(algorithm: Algorithm) -> Backend:
     """The fastest backend installed for ``algorithm``.
 
     OpenSSL's GCM-SIV (through cryptography) runs its counter mode one block per
-    call (~0.4 GB/s per core); tink's (PyPI ``tink``, the ``fast`` extra) runs
-    ~2 GB/s. For AES-256-GCM cryptography is fastest.
+    call; tink's (PyPI ``tink``, the ``fast`` extra) is several times faster per core
+    (benchmarks/RESULTS.md). For AES-256-GCM cryptography is fastest.
     """
     if algorithm is Algorithm.AES_256_GCM_SIV and tink_available():
         return Backend.TINK
@@ -91,7 +91,7 @@ class RecordCipher:
         if self.backend is Backend.TINK:
             if algorithm is not Algorithm.AES_256_GCM_SIV or not tink_available():
                 raise ValueError(f"the tink backend does not serve {algorithm.label} here")
-            from tink import TinkError  # once: an import statement per record costs ~3%
+            from tink import TinkError  # once: an import statement per record shows in profiles
 
             self._tink = _tink_gcm_siv(key)
             self._tink_error = TinkError

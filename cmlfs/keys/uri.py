@@ -37,7 +37,7 @@ def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySou
 
         return cdh_key_source(uri, settings)
     if parts.scheme == "kbs":
-        # imported when used: requests and jwcrypto add ~0.1 s to every cmlfs start
+        # imported when used: requests and jwcrypto would slow every cmlfs start
         from cmlfs.keys.kbs import KbsKeySource, parse_kbs_uri
 
         return KbsKeySource(parse_kbs_uri(uri, settings), settings)

@@ -139,16 +139,17 @@ class ModelReader:
         self._inline = inline
         # Records fetched by worker threads are opened on the event loop as reads reach
         # them, right before their plaintext is copied to the kernel, instead of in the
-        # thread a whole run ahead (measured over loopback nginx: 394 against 344 MB/s,
-        # the kernel's copy of cold plaintext being the difference). The disk cache keeps
-        # a run only once all of it authenticated, so with one runs are opened whole.
+        # thread a whole run ahead: the kernel then copies plaintext that is still in the
+        # CPU's caches (benchmarks/RESULTS.md, "Figures behind code choices"). The disk
+        # cache keeps a run only once all of it authenticated, so with one runs are opened
+        # whole.
         self._open_on_read = not inline and disk_cache is None
         # Called after every read with the counters up to date: a worker process publishes
         # them there, since an idle worker's event loop may sit blocked in a FUSE read.
         self.after_read: Callable[[], object] | None = None
-        # Prefetch overlaps store latency with reading, which inline work cannot (measured:
-        # background reads in a worker thread cost an inline reader 20-40%); it fills at
-        # most half the cache, so the spans being read stay.
+        # Prefetch overlaps store latency with reading, which inline work cannot (background
+        # reads in a worker thread slow an inline reader down: benchmarks/RESULTS.md); it
+        # fills at most half the cache, so the spans being read stay.
         self._max_ahead = 0 if inline else min(prefetch_bytes, cache_bytes // 2)
         self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
@@ -313,10 +314,9 @@ class ModelReader:
         How far ahead doubles with each sequential read up to the maximum, and each
         background request grows with it, to a ``PREFETCH_SPLIT``th of that window: a long
         stream is fetched in few large requests, several still in flight. Each request
-        costs the daemon milliseconds of interpreter time besides its bytes (cold 2 GiB
-        reads over loopback nginx, 4 interleaved rounds: 4 MiB requests 290 MB/s and 3.7 s
-        CPU/GiB, growing to 8 MiB 330 MB/s and 3.3 s). A read elsewhere stops prefetching
-        for the file until reads are sequential again.
+        costs the daemon milliseconds of interpreter time besides its bytes, so fewer,
+        larger requests read faster with less CPU (benchmarks/RESULTS.md). A read elsewhere
+        stops prefetching for the file until reads are sequential again.
         """
         sequential = self._next_offset.get(index) == offset
         self._next_offset[index] = end
@@ -418,8 +418,8 @@ async def run_in_thread(function: Callable[[], T], limiter: trio.CapacityLimiter
     Like ``trio.to_thread.run_sync`` (uncancellable while the thread runs, the limiter
     held until it ends, its exception raised here, Ctrl-C kept out of the hand-off),
     minus the OS thread naming that one does twice per call through ctypes: each call
-    releases and retakes the GIL, which tink holds while it decrypts. Measured on a
-    network store: 8% of the daemon's CPU.
+    releases and retakes the GIL, which tink holds while it decrypts (a measurable part
+    of the daemon's CPU on a network store: benchmarks/RESULTS.md).
     """
     async with limiter:
         done = trio.Event()

@@ -119,8 +119,9 @@ class CachedEnvironmentSession(requests.Session):
     """A session that reads its environment settings once per origin.
 
     requests looks up proxies (``*_PROXY``, ``NO_PROXY``) and CA bundle variables on every
-    request, walking ``os.environ`` twice: ~1 ms of a 1 MiB ranged GET's 2 ms here, and
-    more in a pod, whose environment holds variables for every service. A daemon's
+    request, walking ``os.environ`` twice: a large part of a ranged GET's CPU time (figures
+    in benchmarks/RESULTS.md), and more in a pod, whose environment holds variables for
+    every service. A daemon's
     environment does not change, so the answer for an origin is kept.
     """
 
@@ -216,13 +217,12 @@ class HttpTransport:
 
         The session prepares the request once per URL (its headers, cookies and netrc
         credentials as they are then) and its proxy and CA settings are the session's;
-        skipping its per-request work saves ~0.45 ms of CPU per 1 MiB ranged GET here
-        (measured: 1.6-1.85 ms through ``Session.request``, 1.1-1.3 ms through the
-        adapter), and ``--workers`` make 1024 GETs per GiB. Unlike ``send``: cookies a
-        GET answer sets are not kept, ``headers`` win over a netrc entry, and session
-        hooks do not run (cmlfs sets none). A URL that answers with a redirect goes
-        through the whole session from then on, which follows redirects and drops
-        Authorization when they lead to another host.
+        skipping its per-request work saves about a third of a ranged GET's CPU time
+        (benchmarks/RESULTS.md), and ``--workers`` make 1024 GETs per GiB. Unlike
+        ``send``: cookies a GET answer sets are not kept, ``headers`` win over a netrc
+        entry, and session hooks do not run (cmlfs sets none). A URL that answers with a
+        redirect goes through the whole session from then on, which follows redirects and
+        drops Authorization when they lead to another host.
         """
         if url in self._redirecting:
             return self.send("GET", url, headers, stream=True)
@@ -254,7 +254,8 @@ class HttpTransport:
         """The whole body of a streamed response, refused beyond ``limit`` bytes.
 
         Read from urllib3 in one call of the announced length (or in 1 MiB pieces when
-        no length is announced): requests' ``iter_content`` measured ~3x slower here.
+        no length is announced): requests' ``iter_content`` is several times slower
+        (benchmarks/RESULTS.md).
         """
         announced = response.headers.get("Content-Length")
         if announced is not None and (not _is_length(announced) or int(announced) > limit):
