@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
 MAX_FILES = 100_000
-FILE_MODE = 0o444
-DIR_MODE = 0o555
+# A JWE folder records no modes: show what KServe's storage initializer leaves on the model
+# volume (files written under the usual umask), write bits included as for every mount.
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jwcrypto import jwk
 
 from cmlfs.fs import DIR_SIZE
 from tests.conftest import mounted, run_cli, tree_digests, write_sample_model
+from tests.jwe_helpers import make_jwe
 
 pytestmark = pytest.mark.fuse
 
@@ -128,3 +130,24 @@ def test_cp_a_out_of_the_mount_gives_the_source_tree(model, tmp_path):
             assert copied.st_mtime_ns == source.st_mtime_ns, path
     finally:
         (copy / "empty-folder").chmod(0o755)
+
+
+def test_cp_a_out_of_a_jwe_mount_gives_the_plaintext_tree_with_usual_modes(tmp_path):
+    """A KServe JWE folder records no modes: the mount shows what KServe's storage initializer
+    leaves (0644 files, 0755 folders), so a copy out of it is an ordinary, removable tree."""
+    key = jwk.JWK.generate(kty="oct", size=256)
+    contents = {"config.json": b'{"a": 1}', "weights/shard-1.bin": os.urandom(70_000)}
+    folder = tmp_path / "model-jwe"
+    for rel, data in contents.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rel}.jwe").write_bytes(make_jwe(data, key))
+    key_file = tmp_path / "key.jwk"
+    key_file.write_text(key.export())
+    with mounted(folder, tmp_path / "mnt", "--key-file", key_file) as mnt:
+        assert _tool("ls", "-a1", mnt / "weights").split() == [".", "..", "shard-1.bin"]
+        assert mnt.stat().st_nlink == 3
+        copy = tmp_path / "copy"
+        _tool("cp", "-a", mnt, copy)
+    assert {str(p.relative_to(copy)): p.read_bytes() for p in copy.rglob("*.*")} == contents
+    for path in [copy, *copy.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
