@@ -22,7 +22,7 @@ def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySou
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise KeySourceError(f"a file key URI is file:///absolute/path, not {uri!r}")
-        if settings.attester in ("tdx", "snp") or (
+        if settings.attester in ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm") or (
             settings.attester == "auto" and settings.tsm_report_root.is_dir()
         ):
             log.warning(

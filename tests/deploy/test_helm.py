@@ -160,6 +160,16 @@ def test_a_private_store_ca_is_mounted_and_passed_in_both_modes():
     assert not any(v["name"] == "cmlfs-store-ca" for v in spec["volumes"])
 
 
+def test_azure_vtpm_attester_and_its_addresses_reach_the_daemon():
+    values = ("vllm-values.yaml", "cmlfs.attester=az-snp-vtpm")
+    args = pod(*values)["initContainers"][0]["args"]
+    assert "--attester=az-snp-vtpm" in args
+    assert not any(a.startswith(("--tpm-tcti", "--metadata-url")) for a in args)  # defaults
+    tcti, url = "device:/dev/tpmrm0", "http://169.254.169.254"
+    args = pod(*values, f"cmlfs.vtpm.tcti={tcti}", f"cmlfs.vtpm.metadataUrl={url}")
+    assert {f"--tpm-tcti={tcti}", f"--metadata-url={url}"} <= set(args["initContainers"][0]["args"])
+
+
 def test_in_container_mode_wraps_the_server_command_without_propagation():
     spec = pod("tgi-values.yaml")
     assert "initContainers" not in spec
@@ -194,6 +204,11 @@ def test_in_container_mode_wraps_the_server_command_without_propagation():
         ([f"cmlfs.store={STORE}", "cmlfs.enabled=true", "cmlfs.modelDir="], "modelDir"),
         (["cmlfs.enabled=true", f"cmlfs.stroe={STORE}"], "stroe"),
         (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyUri=http://x"], "keyUri"),
+        (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.attester=vtpm"], "attester"),
+        (
+            ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.vtpm.metadataUrl=https://x/y"],
+            "metadataUrl",
+        ),
         (
             ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container", "args=null"],
             "needs the server's full command",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from tpm2_pytss import ESYS_TR
 
 from cmlfs.devkbs.verify import VerifyError
 from cmlfs.devkbs.vtpm import TrustRoots, verify_vtpm
@@ -249,6 +250,23 @@ def test_vtpm_without_hcl_report_or_ak_is_refused(tmp_path, chains):
         bare.stop()
 
 
+def test_the_paravisor_stand_in_ignores_requests_the_paravisor_would(cvm):
+    _, swtpm, settings = cvm
+    log = swtpm.folder / "paravisor.log"
+    before = tpm.read_hcl_report(swtpm.tcti)
+    with tpm._esapi(settings.tpm_tcti, "test") as ctx:
+        tpm._write_report_request(ctx, os.urandom(65))  # longer than user-data holds
+    assert tpm.read_hcl_report(swtpm.tcti) == before
+    assert log.read_text().splitlines()[-1].endswith("index is 65 bytes (1 to 64)")
+    report = tpm.request_hcl_report(settings.tpm_tcti, os.urandom(48), 0)
+    assert report != before
+    with tpm._esapi(settings.tpm_tcti, "test") as ctx:  # a write of part of the index
+        index = ctx.tr_from_tpmpublic(0x01400002)
+        ctx.nv_write(index, os.urandom(16), 0, auth_handle=ESYS_TR.OWNER)
+    assert tpm.read_hcl_report(swtpm.tcti) == report
+    assert log.read_text().splitlines()[-1].endswith("does not cover the whole index")
+
+
 # --- end to end: cmlfs mount -> dev-kbs verifies -> key released -> files match ---------------
 
 
@@ -273,6 +291,12 @@ def test_mount_with_the_vtpm_attester_and_policy_by_tee(
         other = "az-tdx-vtpm" if kind == "snp" else "az-snp-vtpm"
         kbs.set_policy({"default": "deny", "rules": [{**allow_this, "tee": other}]}, tmp_path)
         assert_refused(try_mount(store, tmp_path / "mnt", *attest), tmp_path / "mnt", "PolicyDeny")
+        metadata_down = [*attest, "--metadata-url", "http://127.0.0.1:9"]
+        assert_refused(
+            try_mount(store, tmp_path / "mnt", *metadata_down),
+            tmp_path / "mnt",
+            "from the metadata service: cannot reach http://127.0.0.1:9",
+        )
     finally:
         kbs.server.stop()
     unverified = start_dev_kbs(tmp_path / "kbs-no-roots")

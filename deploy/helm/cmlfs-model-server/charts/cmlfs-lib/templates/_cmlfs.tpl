@@ -82,6 +82,14 @@ becomes:
 - --allow-other
 - --cache-size={{ $c.cacheSize }}
 - --attester={{ $c.attester }}
+{{- with ($c.vtpm | default dict) }}
+{{- with .tcti }}
+- --tpm-tcti={{ . }}
+{{- end }}
+{{- with .metadataUrl }}
+- --metadata-url={{ . }}
+{{- end }}
+{{- end }}
 {{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
 - --{{ .flag }}=/etc/cmlfs/{{ .flag }}/{{ .key }}
 {{- end }}
