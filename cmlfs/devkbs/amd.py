@@ -11,6 +11,7 @@ at ``/vcek/v1/<product>/cert_chain``: the ASK then the ARK, PEM.
 """
 
 import datetime
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from cmlfs.devkbs.verify import VerifyError
@@ -81,7 +83,9 @@ def verify_snp(report: bytes, vcek_der: bytes, chain: AmdChain | None) -> dict:
 
 def _checked_vcek(der: bytes, chain: AmdChain) -> x509.Certificate:
     try:
-        vcek = x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():  # AMD's VCEKs have serial numbers RFC 5280 disallows
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            vcek = x509.load_der_x509_certificate(der)
     except ValueError:
         raise VerifyError("VCEK is not a DER certificate") from None
     try:

@@ -76,9 +76,10 @@ def verify_td_quote(quote: bytes, root: x509.Certificate | None) -> bytes:
             raise VerifyError(f"TD quote body type {body_type} of {body_len} bytes is not TDX")
     body = reader.take(body_len, "body")
     signed = quote[: reader.at]
-    signature_len = reader.u32("signature length")
-    if reader.at + signature_len != len(quote):
+    end = reader.u32("signature length") + reader.at
+    if end > len(quote) or any(quote[end:]):  # quotes from Azure come zero-padded
         raise VerifyError("TD quote signature data does not end the quote")
+    reader.data = quote[:end]
     signature = reader.take(64, "signature")
     raw_key = reader.take(64, "attestation key")
     if reader.u16("certification type") != 6:

@@ -23,6 +23,7 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -50,7 +51,7 @@ class TrustRoots:
     """The vendor roots dev-kbs checks hardware reports against (set by its options)."""
 
     amd_chain: amd.AmdChain | None = None
-    intel_root: object | None = None  # x509.Certificate
+    intel_root: x509.Certificate | None = None
 
     @classmethod
     def load(cls, amd_chain: Path | None, intel_root: Path | None) -> "TrustRoots":

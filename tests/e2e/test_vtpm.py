@@ -89,9 +89,17 @@ EVIDENCE_V2_FIELDS = {
 TPM_QUOTE_FIELDS = {"signature": "hex", "message": "hex", "pcrs": "hex-list"}
 
 
+# Real az-snp-vtpm evidence from Trustee's tests (tests/vectors/azure/README.md).
+REAL_SNP_EVIDENCE = Path(__file__).parent.parent / "vectors" / "azure" / "snp-evidence-v2.json"
+
+
 def test_evidence_matches_the_reference_structs_field_by_field(cvm, evidence):
     kind = cvm[0]
     assert list(evidence) == list(EVIDENCE_V2_FIELDS[kind])  # serde order
+    if kind == "snp":  # the same members, order and encodings as evidence from Azure
+        real = json.loads(REAL_SNP_EVIDENCE.read_text())
+        assert list(evidence) == list(real)
+        assert list(evidence["tpm_quote"]) == list(real["tpm_quote"])
     assert evidence["version"] == 2
     for name, shape in EVIDENCE_V2_FIELDS[kind].items():
         if shape == "b64url":  # padded URL-safe, as serde_with Base64<UrlSafe> writes

@@ -127,7 +127,9 @@ def _b64_either(text: str) -> bytes:
     raise KeySourceError("metadata service TD quote is not base64")
 
 
-def _metadata_json(settings: KeySettings, method: str, path: str, body, what: str) -> dict:
+def _metadata_json(
+    settings: KeySettings, method: str, path: str, body: bytes | None, what: str
+) -> dict:
     url = settings.metadata_url.rstrip("/") + path
     headers = {"Metadata": "true", "Accept": "application/json"}
     if body is not None:

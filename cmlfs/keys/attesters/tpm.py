@@ -62,7 +62,7 @@ def _esapi(tcti: str, step: str) -> Iterator[object]:
     try:
         ctx = tss.ESAPI(tcti)
     except (tss.TSS2_Exception, RuntimeError, ValueError) as exc:
-        raise KeySourceError(f"no TPM at {tcti}: {exc}") from None
+        raise KeySourceError(f"no TPM at {tcti} ({exc}; --tpm-tcti names the vTPM)") from None
     try:
         yield ctx
     except tss.TSS2_Exception as exc:
