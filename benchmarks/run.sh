@@ -9,4 +9,5 @@ rounds=${ROUNDS:-5}
 $PY -m benchmarks.bench_read --rounds "$rounds"
 $PY -m benchmarks.bench_http --rounds "$rounds"
 $PY -m benchmarks.bench_models --rounds "$rounds"
+$PY -m benchmarks.bench_jwe --rounds "$rounds"
 $PY -m benchmarks.report

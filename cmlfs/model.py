@@ -121,7 +121,7 @@ def import_jwe_folder(
 ) -> Manifest:
     """Seal the files of a KServe-style JWE folder into the new cmlfs store ``target``
     with the same key: each file is authenticated whole first, then decrypted chunk by
-    chunk (each checked against its hash from that pass) straight into its blob. Any
+    chunk (each checked against its digest from that pass) straight into its blob. Any
     failure leaves nothing behind. ``progress`` counts both passes."""
     if len(key) != MODEL_KEY_LEN:
         raise PublishError(

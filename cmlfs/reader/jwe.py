@@ -4,8 +4,8 @@ A compact JWE carries one GCM tag for the whole file, so a file serves no byte u
 all of its ciphertext authenticated: one streaming pass per file, in worker threads,
 several files at once, in listing order, except that a file being read goes first
 (a read waits for its file's pass). The pass keeps no plaintext; it records a short
-hash of every ciphertext chunk. Reads then fetch just the chunks they need, check
-each chunk's text against its recorded hash (so a store that changes after the pass
+digest of every ciphertext chunk. Reads then fetch just the chunks they need, check
+each chunk's ciphertext against its recorded digest (so a store that changes after the pass
 gives IntegrityError, never other bytes) and decrypt it on its own (GCM's counter
 mode), into the same byte-budgeted chunk cache as ModelReader's.
 
@@ -16,7 +16,6 @@ once per file. Never returns a byte of a JWE file whose tag has not verified.
 """
 
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -31,9 +30,9 @@ from cmlfs.format.jwe import (
     JWE_MAGIC,
     TAIL_BYTES,
     Authenticator,
+    ChunkDigests,
     JweKey,
     JweParts,
-    chunk_hash,
     decrypt_chunk,
     find_parts,
     is_jwe_name,
@@ -142,10 +141,10 @@ def _entry(store: Store, name: str, show_plain: bool, now: int) -> JweEntry | No
 
 @dataclass
 class Authenticated:
-    """A JWE file whose whole ciphertext authenticated: its key, and its chunks' hashes."""
+    """A JWE file whose whole ciphertext authenticated: its key, and its chunks' digests."""
 
     key: JweKey
-    hashes: list[bytes] = field(repr=False)
+    digests: ChunkDigests = field(repr=False)
 
 
 def authenticate_file(
@@ -176,15 +175,14 @@ def authenticate_file(
         raise IntegrityError(f"{entry.path}: {exc}") from None
 
 
-def open_chunk(store: Store, entry: JweEntry, done: Authenticated, chunk: int) -> bytearray:
+def open_chunk(store: Store, entry: JweEntry, done: Authenticated, chunk: int) -> bytes:
     """Chunk ``chunk``'s plaintext, if its text in the store is still what authenticated."""
     offset, length = entry.parts.chunk_chars(chunk)
     text = store.read_range(entry.name, offset, length)
-    if not hmac.compare_digest(chunk_hash(text), done.hashes[chunk]):
-        raise IntegrityError(
-            f"{entry.path}: chunk {chunk} changed in the store after it was authenticated"
-        )
-    return decrypt_chunk(done.key, chunk, text)
+    try:
+        return decrypt_chunk(done.key, chunk, text, done.digests)
+    except CmlfsError as exc:  # FormatError too: the text was valid when it authenticated
+        raise IntegrityError(f"{entry.path}: {exc}") from None
 
 
 class JweReader:
@@ -273,7 +271,7 @@ class JweReader:
                 nursery.start_soon(worker)
 
     async def _authenticated(self, index: int) -> Authenticated:
-        """File ``index``'s key and chunk hashes, once its whole ciphertext authenticated."""
+        """File ``index``'s key and chunk digests, once its whole ciphertext authenticated."""
         done = self._done.get(index)
         if done is not None:
             return done
@@ -356,7 +354,7 @@ class JweReader:
         self.cache.put(span)
         return span
 
-    def _open_chunk(self, index: int, chunk: int, done: Authenticated) -> bytearray:
+    def _open_chunk(self, index: int, chunk: int, done: Authenticated) -> bytes:
         return open_chunk(self.store, self.listing.files[index], done, chunk)
 
     async def _run(self, function: Callable, *args: object):

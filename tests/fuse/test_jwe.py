@@ -6,6 +6,7 @@ which decrypts them with jwcrypto).
 """
 
 import errno
+import io
 import json
 import os
 import random
@@ -232,3 +233,20 @@ def test_import_refuses_any_damage_and_leaves_nothing(jwe_model, tmp_path):
     result = run_cli("import", small, tmp_path / "s", "--key-file", short, check=False)
     assert result.returncode != 0 and "32-byte key" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/bench_jwe.py with a tiny file (the benchmark runs late, by hand); its
+    streamed JWE writer must make what jwcrypto reads."""
+    if os.geteuid() != 0:
+        pytest.skip("the benchmark drops caches: root only")
+    from benchmarks.bench_jwe import main, write_jwe
+
+    key = os.urandom(32)
+    plaintext = random.Random(9).randbytes(3 * CHUNK_BYTES + 5)
+    write_jwe(tmp_path / "check.jwe", key, len(plaintext), io.BytesIO(plaintext).read)
+    token = jwe.JWE()
+    token.deserialize((tmp_path / "check.jwe").read_text())
+    token.decrypt(jwk.JWK(kty="oct", k=jwk.base64url_encode(key)))
+    assert token.payload == plaintext
+    main(["--size", "2M", "--rounds", "1", "--work", str(tmp_path / "work"), "--no-save"])

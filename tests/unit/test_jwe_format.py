@@ -37,8 +37,8 @@ def plaintext_of(text: bytes, key: bytes) -> bytes:
         offset, length = parts.chunk_chars(chunk)
         authenticator.update(text[offset : offset + length])
         chunks.append(text[offset : offset + length])
-    authenticator.finish()
-    return b"".join(decrypt_chunk(opened, i, c) for i, c in enumerate(chunks))
+    hashes = authenticator.finish()
+    return b"".join(decrypt_chunk(opened, i, c, hashes) for i, c in enumerate(chunks))
 
 
 @pytest.mark.parametrize(
@@ -96,9 +96,29 @@ def test_wrong_key_and_wrong_length():
         plaintext_of(direct, os.urandom(32))  # dir: only the tag can tell
 
 
+def test_a_chunk_that_changed_after_authentication_is_refused():
+    key = jwk.JWK.generate(kty="oct", size=256)
+    raw = jwk.base64url_decode(key["k"])
+    text = make_jwe(os.urandom(2 * CHUNK_BYTES), key)
+    parts = parts_of(text)
+    opened = open_parts(parts, raw)
+    authenticator = Authenticator(opened)
+    for chunk in range(parts.n_chunks):
+        offset, length = parts.chunk_chars(chunk)
+        authenticator.update(text[offset : offset + length])
+    hashes = authenticator.finish()
+    offset, length = parts.chunk_chars(1)
+    changed = text[offset : offset + 10] + (b"B" if text[offset + 10] != 66 else b"C")
+    changed += text[offset + 11 : offset + length]
+    with pytest.raises(IntegrityError, match="chunk 1 changed"):
+        decrypt_chunk(opened, 1, changed, hashes)
+    with pytest.raises(IntegrityError, match="chunk 0 changed"):
+        decrypt_chunk(opened, 0, text[offset : offset + length], hashes)  # another chunk
+
+
 def test_strict_base64url():
     assert b64url_decode(b"AAE", "x") == b"\x00\x01"
-    for bad in (b"AAF", b"AA=", b"A+B/", b"A", b"AA.A"):
+    for bad in (b"AAF", b"AA=", b"A+B/", b"A", b"AA.A", b"AA==", b"AB\nC", b"A B="):
         with pytest.raises(FormatError):
             b64url_decode(bad, "x")
 
