@@ -6,7 +6,7 @@ certificates (tests cannot hold AMD's keys): ARK self-signed, ARK signs ASK,
 ASK signs the VCEK (RSASSA-PSS for real AMD certificates), VCEK within its
 validity period; the VCEK's TCB extensions equal the report's reported TCB and
 its hwID the chip id (for a VCEK, not a VLEK); the VCEK's P-384 key signs
-bytes 0..0x2A0 of the report; VMPL 0. The chain file is what AMD's KDS serves
+bytes 0..0x2A0 of the report, whose reserved bytes are zero; VMPL 0. The chain file is what AMD's KDS serves
 at ``/vcek/v1/<product>/cert_chain``: the ASK then the ARK, PEM.
 """
 
@@ -32,6 +32,11 @@ _TCB_OIDS = {"bootloader": "3.1", "tee": "3.2", "snp": "3.3", "microcode": "3.8"
 _FMC_OID = "3.9"
 _HW_ID_OID = "4"
 _SIGNED_LEN = 0x2A0
+# Reserved bytes of the signed part (SEV-SNP ABI, ATTESTATION_REPORT, versions 3 to 5).
+# Trustee checks the signature over the report as the sev crate re-encodes it, with
+# reserved bytes zero: a report carrying anything there fails there too.
+_RESERVED = ((0x4C, 0x50), (0x18B, 0x1A0), (0x1EB, 0x1EC), (0x1EF, 0x1F0))
+_RESERVED_TAIL = {3: 0x1F8, 4: 0x1F8, 5: 0x208}  # up to the signature; v5 adds mitigations
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ def verify_snp(report: bytes, vcek_der: bytes, chain: AmdChain | None) -> dict:
         parsed = snp_report_json(report)
     except KeySourceError as exc:
         raise VerifyError(str(exc)) from None
+    tail = (_RESERVED_TAIL[parsed["version"]], _SIGNED_LEN)
+    if any(any(report[start:end]) for start, end in (*_RESERVED, tail)):
+        raise VerifyError("SNP report has non-zero reserved bytes")
     vcek = _checked_vcek(vcek_der, chain)
     _check_tcb(vcek, parsed)
     r = int.from_bytes(bytes(parsed["signature"]["r"]), "little")

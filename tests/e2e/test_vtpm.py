@@ -24,7 +24,8 @@ from cmlfs.errors import KeySourceError
 from cmlfs.keys.attesters import select_attester, tpm
 from cmlfs.keys.attesters.hcl import b64url_any, b64url_padded, parse_hcl_report
 from cmlfs.keys.base import KeySettings
-from tests.azure_cvm.chains import make_chains
+from tests.azure_cvm import reports
+from tests.azure_cvm.chains import load_key, make_chains
 from tests.azure_cvm.vtpm import MetadataService, provision, start_swtpm
 from tests.conftest import mounted, tree_digests
 from tests.e2e.kbs_servers import start_dev_kbs
@@ -191,12 +192,18 @@ def test_hardware_chain_to_another_root_is_refused(cvm, evidence, tmp_path):
     refused(kind, evidence, TrustRoots(), "no (AMD chain|Intel root) configured")
 
 
-def test_snp_report_signature_is_checked(roots, evidence, cvm):
+def test_snp_report_signature_and_reserved_bytes_are_checked(roots, evidence, cvm, chains):
     if cvm[0] != "snp":
         pytest.skip("SNP only")
     raw = bytearray(b64url_any(evidence["hcl_report"], "r", ValueError))
     raw[0x20 + 0x90] ^= 1  # measurement: report_data (the binding) unchanged
     refused("snp", _with_report(evidence, bytes(raw)), roots, "SNP report signature")
+    raw[0x20 + 0x90] ^= 1
+    hardware = bytearray(raw[0x20 : 0x20 + 1184])
+    hardware[0x200] = 1  # reserved in a version-3 report, then signed by the VCEK
+    reports.sign_snp(hardware, load_key(chains.vcek_key))
+    raw[0x20 : 0x20 + 1184] = hardware
+    refused("snp", _with_report(evidence, bytes(raw)), roots, "non-zero reserved bytes")
 
 
 # --- the attesters refuse bad inputs, one line naming the step -------------------------------
