@@ -6,8 +6,9 @@ certificates (tests cannot hold AMD's keys): ARK self-signed, ARK signs ASK,
 ASK signs the VCEK (RSASSA-PSS for real AMD certificates), VCEK within its
 validity period; the VCEK's TCB extensions equal the report's reported TCB and
 its hwID the chip id (for a VCEK, not a VLEK); the VCEK's P-384 key signs
-bytes 0..0x2A0 of the report, whose reserved bytes are zero; VMPL 0. The chain file is what AMD's KDS serves
-at ``/vcek/v1/<product>/cert_chain``: the ASK then the ARK, PEM.
+bytes 0..0x2A0 of the report, whose reserved bytes are zero; VMPL 0. The
+chain file is what AMD's KDS serves at ``/vcek/v1/<product>/cert_chain``: the
+ASK then the ARK, PEM.
 """
 
 import datetime
