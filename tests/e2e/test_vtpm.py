@@ -236,7 +236,9 @@ def test_attester_refusals_name_the_step(cvm, metadata, tmp_path):
     kind, swtpm, settings = cvm
     other = "tdx" if kind == "snp" else "snp"
     cases = {
-        "no TPM at device:/dev/no-such-tpm": {"tpm_tcti": "device:/dev/no-such-tpm"},
+        "/dev/no-such-tpm does not exist (not a VM with a vTPM?)": {
+            "tpm_tcti": "device:/dev/no-such-tpm"
+        },
         f"is a {kind.upper()} report, not {other.upper()}": {"attester": f"az-{other}-vtpm"},
         # straight to swtpm: nobody renews the boot report
         "stale report": {"tpm_tcti": swtpm.tcti},

@@ -62,13 +62,27 @@ def _esapi(tcti: str, step: str) -> Iterator[object]:
     try:
         ctx = tss.ESAPI(tcti)
     except (tss.TSS2_Exception, RuntimeError, ValueError) as exc:
-        raise KeySourceError(f"no TPM at {tcti} ({exc}; --tpm-tcti names the vTPM)") from None
+        raise KeySourceError(
+            f"no TPM at {tcti} ({exc}{_device_hint(tcti)}; --tpm-tcti names the vTPM)"
+        ) from None
     try:
         yield ctx
     except tss.TSS2_Exception as exc:
         raise KeySourceError(f"vTPM {step} failed: {exc}") from None
     finally:
         ctx.close()
+
+
+def _device_hint(tcti: str) -> str:
+    """Why a ``device:`` TCTI may have failed, which tpm2-tss reports only as an IO failure."""
+    if not tcti.startswith("device:"):
+        return ""
+    path = tcti.removeprefix("device:") or "/dev/tpm0"
+    if not os.path.exists(path):
+        return f": {path} does not exist (not a VM with a vTPM?)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f": this user cannot open {path} (root, or the tss group)"
+    return ""
 
 
 def request_hcl_report(tcti: str, report_data: bytes, wait: float) -> bytes:
