@@ -307,7 +307,13 @@ def test_mount_with_the_vtpm_attester_and_policy_by_tee(
             assert tree_digests(mnt) == tree_digests(src)
         other = "az-tdx-vtpm" if kind == "snp" else "az-snp-vtpm"
         kbs.set_policy({"default": "deny", "rules": [{**allow_this, "tee": other}]}, tmp_path)
-        assert_refused(try_mount(store, tmp_path / "mnt", *attest), tmp_path / "mnt", "PolicyDeny")
+        # auto finds the vTPM (no configfs-tsm) and attests: the broker's policy refuses
+        auto = [*attest, "--attester", "auto", "--tsm-root", "/nonexistent/tsm"]
+        assert_refused(try_mount(store, tmp_path / "mnt", *auto), tmp_path / "mnt", "PolicyDeny")
+        no_tpm = [*attest, "--tpm-tcti", "device:/dev/no-such-tpm"]
+        assert_refused(
+            try_mount(store, tmp_path / "mnt", *no_tpm), tmp_path / "mnt", "no TPM at device:"
+        )
         metadata_down = [*attest, "--metadata-url", "http://127.0.0.1:9"]
         assert_refused(
             try_mount(store, tmp_path / "mnt", *metadata_down),
