@@ -259,6 +259,8 @@ def test_vtpm_without_hcl_report_or_ak_is_refused(tmp_path, chains):
     try:
         settings = KeySettings(attester="az-snp-vtpm", tpm_tcti=bare.tcti, vtpm_report_wait=0)
         assert "no HCL report: NV index 0x01400001 is not defined" in attest_error(settings)
+        with pytest.raises(KeySourceError, match="no attestation key at persistent handle 0x81"):
+            tpm.quote(bare.tcti, DIGEST)
         provision(bare, "snp", chains.folder)
         parav = with_settings(settings, tpm_tcti=bare.paravisor_tcti("snp", chains.folder))
         with_ak = attest_error(with_settings(parav, metadata_url="http://127.0.0.1:9"))
