@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 
 import pyfuse3
 
-from cmlfs.errors import CmlfsError
+from cmlfs.errors import CmlfsError, IntegrityError
 from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
@@ -57,6 +57,8 @@ def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except IntegrityError:  # the reader logged it, once per damaged chunk
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except CmlfsError as exc:
             log.error("event=read_failed op=%s reason=%s", handler.__name__, quote(exc))
             raise pyfuse3.FUSEError(errno.EIO) from None

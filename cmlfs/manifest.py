@@ -5,7 +5,8 @@ digest, plaintext SHA-256) and folder of the model. Only the envelope (format
 version, key id, key source URI) is readable without the key; everything else
 is sealed, and the sealed body authenticates the envelope as associated data.
 Binding each path to its blob's header digest and size makes swapping files
-within a model, or mixing blobs of two encryptions, fail.
+within a model, or mixing blobs of two encryptions, fail; in format 2 each entry
+also holds the root of its blob's hash list, binding every record's bytes.
 
 Pure: parses and produces bytes, does no I/O. Every field from the store is
 treated as hostile: bounded sizes, exact key sets, exact types.
@@ -20,13 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
+from cmlfs.format import FORMAT_VERSION, FORMAT_VERSIONS
 from cmlfs.format.aead import Algorithm, RecordCipher
 from cmlfs.format.keys import SALT_LEN, Purpose, derive_object_key, key_id, open_object_key
 from cmlfs.format.layout import MAX_PLAINTEXT_SIZE, NONCE_LEN, chunk_size_log2
 
 MANIFEST_NAME = "manifest.cmlfs"
 MANIFEST_MAGIC = b"CMLFSMAN"
-MANIFEST_VERSION = 1
 _PREFIX = struct.Struct(">8sHHI32s32s")
 PREFIX_LEN = _PREFIX.size  # 80
 MAX_ENVELOPE_LEN = 64 * 1024
@@ -53,6 +54,7 @@ class FileEntry:
     blob_size: int
     header_sha256: str
     sha256: str
+    hash_root: str | None = None  # format 2: root of the blob's hash list (hex)
 
     def __post_init__(self) -> None:
         check_path(self.path)
@@ -62,8 +64,10 @@ class FileEntry:
         _check_int(self.mode, "mode", 0, MAX_MODE)
         _check_int(self.mtime_ns, "mtime_ns", *MTIME_RANGE)
         _check_int(self.blob_size, "blob_size", 0, 2 * MAX_PLAINTEXT_SIZE)
-        for what in ("blob", "header_sha256", "sha256"):
+        for what in ("blob", "header_sha256", "sha256", "hash_root"):
             value = getattr(self, what)
+            if what == "hash_root" and value is None:
+                continue
             if not isinstance(value, str) or not _HEX64.fullmatch(value):
                 raise FormatError(f"manifest file {what} is not 64 lowercase hex digits")
 
@@ -91,7 +95,7 @@ class Envelope:
 
     key_id: str
     key_uri: str | None
-    format_version: int = MANIFEST_VERSION
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_id, str) or not _KEY_ID.fullmatch(self.key_id):
@@ -108,8 +112,11 @@ class Manifest:
     files: tuple[FileEntry, ...]
     dirs: tuple[DirEntry, ...]
     envelope: Envelope | None = field(default=None, compare=False)  # set when opened
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.format_version not in FORMAT_VERSIONS:
+            raise FormatError(f"unsupported manifest format version {self.format_version}")
         _check_text(self.name, "model name")
         _check_text(self.version, "model version")
         _check_int(self.chunk_size, "chunk_size", 0, 1 << 30)
@@ -117,12 +124,41 @@ class Manifest:
             chunk_size_log2(self.chunk_size)
         except ValueError as exc:
             raise FormatError(str(exc)) from None
+        hashed = self.format_version >= 2
+        if any((f.hash_root is not None) != hashed for f in self.files):
+            raise FormatError(f"format {self.format_version} files {_ROOT_RULE[hashed]}")
         _validate_tree(self.files, self.dirs)
+
+
+_ROOT_RULE = {True: "need a hash_root", False: "have no hash_root"}
 
 
 def manifest_digest(data: bytes) -> str:
     """SHA-256 (hex) of a sealed manifest's bytes, as pinned by key bundles."""
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class SealedManifest:
+    """A sealed manifest's bytes with what can be known of them without the key: its
+    public envelope (format version, key id, key URI) and its digest, which key bundles
+    pin and signatures cover."""
+
+    data: bytes
+    envelope: Envelope
+
+    @classmethod
+    def parse(cls, data: bytes) -> "SealedManifest":
+        """Check the prefix and envelope (FormatError); nothing is authenticated yet."""
+        return cls(data, read_envelope(data))
+
+    @property
+    def format_version(self) -> int:
+        return self.envelope.format_version
+
+    @property
+    def sha256(self) -> str:
+        return manifest_digest(self.data)
 
 
 def seal_manifest(
@@ -134,12 +170,13 @@ def seal_manifest(
 ) -> bytes:
     """Serialise and seal ``manifest`` with an envelope naming the key (id and source URI)."""
     check_key_uri(key_uri)
+    version = manifest.format_version
     salt = os.urandom(SALT_LEN) if salt is None else salt
     nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
-    aead_key, commitment = derive_object_key(model_key, salt, Purpose.MANIFEST)
-    envelope = _dumps({"format": MANIFEST_VERSION, "key_id": key_id(model_key), "key_uri": key_uri})
+    aead_key, commitment = derive_object_key(model_key, salt, Purpose.manifest(version))
+    envelope = _dumps({"format": version, "key_id": key_id(model_key), "key_uri": key_uri})
     prefix = _PREFIX.pack(
-        MANIFEST_MAGIC, MANIFEST_VERSION, manifest.algorithm, len(envelope), salt, commitment
+        MANIFEST_MAGIC, version, manifest.algorithm, len(envelope), salt, commitment
     )
     associated = prefix + envelope
     body = _dumps(_body_dict(manifest))
@@ -162,7 +199,8 @@ def open_manifest(data: bytes, model_key: bytes) -> Manifest:
         raise WrongKeyError(
             f"wrong key: its key id is {model_key_id}, the model needs {envelope.key_id}"
         )
-    aead_key = open_object_key(model_key, salt, commitment, Purpose.MANIFEST)
+    version = envelope.format_version
+    aead_key = open_object_key(model_key, salt, commitment, Purpose.manifest(version))
     algorithm = Algorithm.from_id(alg)
     try:
         body = RecordCipher(algorithm, aead_key).open(record, data[: PREFIX_LEN + env_len])
@@ -180,20 +218,21 @@ def _split(data: bytes) -> tuple[bytes, Envelope, bytes]:
     magic, version, alg, env_len, _, _ = _PREFIX.unpack(prefix)
     if magic != MANIFEST_MAGIC:
         raise FormatError("not a cmlfs manifest (bad magic)")
-    if version != MANIFEST_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise FormatError(f"unsupported manifest format version {version}")
     Algorithm.from_id(alg)
     if env_len > MAX_ENVELOPE_LEN or PREFIX_LEN + env_len > len(data):
         raise FormatError("manifest envelope length is out of range")
     raw = _loads(data[PREFIX_LEN : PREFIX_LEN + env_len], "manifest envelope")
     fields = _exact(raw, {"format", "key_id", "key_uri"}, "manifest envelope")
-    if type(fields["format"]) is not int or fields["format"] != MANIFEST_VERSION:
+    if type(fields["format"]) is not int or fields["format"] != version:
         raise FormatError("manifest envelope format differs from its header")
-    envelope = Envelope(fields["key_id"], fields["key_uri"])
+    envelope = Envelope(fields["key_id"], fields["key_uri"], version)
     return prefix, envelope, data[PREFIX_LEN + env_len :]
 
 
 def _body_dict(m: Manifest) -> dict:
+    hashed = m.format_version >= 2
     return {
         "model": {"name": m.name, "version": m.version},
         "chunk_size": m.chunk_size,
@@ -209,6 +248,7 @@ def _body_dict(m: Manifest) -> dict:
                 "blob_size": f.blob_size,
                 "header_sha256": f.header_sha256,
                 "sha256": f.sha256,
+                **({"hash_root": f.hash_root} if hashed else {}),
             }
             for f in m.files
         ],
@@ -229,7 +269,8 @@ def _parse_body(body: bytes, algorithm: Algorithm, envelope: Envelope) -> Manife
         DirEntry(**_exact(d, {"path", "mode", "mtime_ns"}, "manifest folder"))
         for d in fields["dirs"]
     )
-    files = tuple(FileEntry(**_exact(f, _FILE_KEYS, "manifest file")) for f in fields["files"])
+    keys = _FILE_KEYS | ({"hash_root"} if envelope.format_version >= 2 else set())
+    files = tuple(FileEntry(**_exact(f, keys, "manifest file")) for f in fields["files"])
     return Manifest(
         name=model["name"],
         version=model["version"],
@@ -238,6 +279,7 @@ def _parse_body(body: bytes, algorithm: Algorithm, envelope: Envelope) -> Manife
         files=files,
         dirs=dirs,
         envelope=envelope,
+        format_version=envelope.format_version,
     )
 
 
@@ -283,11 +325,17 @@ def _validate_tree(files: Iterable[FileEntry], dirs: Iterable[DirEntry]) -> None
     if "" not in dir_paths:
         raise FormatError("manifest has no root folder")
     file_paths: set[str] = set()
+    blobs: set[str] = set()
+    headers: set[str] = set()
     for f in files:
         check_path(f.path)
         if f.path == "" or f.path in file_paths or f.path in dir_paths:
             raise FormatError(f"file listed twice or as a folder: {f.path!r}")
+        if f.blob in blobs or f.header_sha256 in headers:
+            raise FormatError(f"{f.path!r} shares its blob with another file")
         file_paths.add(f.path)
+        blobs.add(f.blob)
+        headers.add(f.header_sha256)
     for path in dir_paths | file_paths:
         if path and path.rpartition("/")[0] not in dir_paths:
             raise FormatError(f"parent folder of {path!r} is missing")

@@ -2,8 +2,9 @@
 
 Reads plaintext only from the source folder (or, importing, from blocks it is given
 in memory: cmlfs.model.import_jwe_folder) and writes only ciphertext: each file
-becomes one blob ``blobs/<sha256 of the blob>``, then the sealed ``manifest.cmlfs``
-is written last, so a store without a manifest is visibly incomplete. On failure
+becomes one blob ``blobs/<sha256 of the blob>`` (in format 2 its records followed by
+their hash list), then the sealed ``manifest.cmlfs`` is written last, so a store
+without a manifest is visibly incomplete. On failure
 everything written is removed.
 """
 
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmlfs.errors import CmlfsError, FormatError
+from cmlfs.format import FORMAT_VERSION, FORMAT_VERSIONS
 from cmlfs.format.aead import Algorithm
+from cmlfs.format.hashlist import HashListBuilder
 from cmlfs.format.header import BlobSealer
 from cmlfs.format.layout import DEFAULT_CHUNK_SIZE, ChunkLayout
 from cmlfs.manifest import (
@@ -42,6 +45,11 @@ class EncryptSettings:
     model_name: str = ""
     model_version: str = ""
     key_uri: str | None = None
+    format_version: int = FORMAT_VERSION  # 1 only to make stores for old readers
+
+    def __post_init__(self) -> None:
+        if self.format_version not in FORMAT_VERSIONS:
+            raise PublishError(f"format version must be one of {FORMAT_VERSIONS}")
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,11 @@ class SourceFile:
 
 
 def scan_source(src: Path) -> tuple[list[SourceFile], list[DirEntry]]:
-    """List the regular files and folders of ``src``; refuse what cannot be encrypted faithfully."""
+    """List the regular files and folders of ``src``; refuse what cannot be encrypted faithfully.
+
+    Both lists are sorted by the UTF-8 bytes of their paths (docs/FORMAT.md 6.4), so a
+    folder comes before everything in it and the manifest does not depend on the walk.
+    """
     root = os.path.realpath(src)
     if not os.path.isdir(root):
         raise PublishError(f"{src} is not a folder")
@@ -94,6 +106,8 @@ def scan_source(src: Path) -> tuple[list[SourceFile], list[DirEntry]]:
             if not stat.S_ISREG(st.st_mode):
                 raise PublishError(f"{path} is not a regular file")
             files.append(SourceFile(path, real, st))
+    files.sort(key=lambda f: f.path.encode())
+    dirs.sort(key=lambda d: d.path.encode())
     return files, dirs
 
 
@@ -136,6 +150,7 @@ def seal_model(
             algorithm=settings.algorithm,
             files=entries,
             dirs=tuple(dirs),
+            format_version=settings.format_version,
         )
         _write_new(store / MANIFEST_NAME, seal_manifest(manifest, model_key, settings.key_uri))
         return manifest
@@ -182,7 +197,8 @@ def _seal_file(
     file: PlainFile, blobs: Path, model_key: bytes, settings: EncryptSettings, progress: Progress
 ) -> FileEntry:
     layout = ChunkLayout(settings.chunk_size, file.size)
-    sealer = BlobSealer(model_key, layout, settings.algorithm)
+    sealer = BlobSealer(model_key, layout, settings.algorithm, version=settings.format_version)
+    hashes = HashListBuilder() if settings.format_version >= 2 else None
     header = sealer.header.pack()
     plain_hash = hashlib.sha256()
     blob_hash = hashlib.sha256(header)
@@ -194,7 +210,14 @@ def _seal_file(
             record = sealer.seal_chunk(index, chunk)
             blob_hash.update(record)
             writer.write(record)
+            if hashes is not None:
+                hashes.add(record)
             progress(len(chunk))
+        root = None
+        if hashes is not None:
+            trailer, root = hashes.finish()
+            blob_hash.update(trailer)
+            writer.write(trailer)
     name = blob_hash.hexdigest()
     os.rename(partial, blobs / name)
     return FileEntry(
@@ -203,9 +226,10 @@ def _seal_file(
         mode=file.mode,
         mtime_ns=file.mtime_ns,
         blob=name,
-        blob_size=layout.blob_size,
+        blob_size=sealer.header.blob_size,
         header_sha256=hashlib.sha256(header).hexdigest(),
         sha256=plain_hash.hexdigest(),
+        hash_root=None if root is None else root.hex(),
     )
 
 

@@ -18,7 +18,9 @@ def verify_model(
     manifest: Manifest, store: Store, model_key: bytes, progress: Callable[[int], None]
 ) -> None:
     """Raise IntegrityError naming the first damaged file (and chunk) of the model."""
-    reader = ModelReader(manifest, store, model_key, cache_bytes=0, run_bytes=STEP)
+    reader = ModelReader(
+        manifest, store, model_key, cache_bytes=0, run_bytes=STEP, log_failures=False
+    )
 
     async def check_all() -> None:
         for index, entry in enumerate(manifest.files):

@@ -22,10 +22,26 @@ KEY_ID_LEN = 16
 
 
 class Purpose(Enum):
-    """What a derived key seals; the value is the HKDF info label."""
+    """What a derived key seals, per format version; the value is the HKDF info label.
 
-    CONTENT = b"cmlfs/v1/content"
-    MANIFEST = b"cmlfs/v1/manifest"
+    Each format version has its own labels, so no key of one version opens an object of
+    another.
+    """
+
+    CONTENT_V1 = b"cmlfs/v1/content"
+    MANIFEST_V1 = b"cmlfs/v1/manifest"
+    CONTENT_V2 = b"cmlfs/v2/content"
+    MANIFEST_V2 = b"cmlfs/v2/manifest"
+
+    @classmethod
+    def content(cls, version: int) -> "Purpose":
+        """The label of blob content keys in format ``version``."""
+        return cls[f"CONTENT_V{version}"]
+
+    @classmethod
+    def manifest(cls, version: int) -> "Purpose":
+        """The label of manifest keys in format ``version``."""
+        return cls[f"MANIFEST_V{version}"]
 
 
 def check_model_key(model_key: bytes) -> None:

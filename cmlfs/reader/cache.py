@@ -7,7 +7,8 @@ plaintext or dropping it if a chunk fails. A span covers consecutive chunks of
 one file as one fetch produced them; every chunk maps to the span that holds it,
 so a read finds its bytes with one lookup per span and can answer with a view of
 one buffer. Spans never overlap: the reader fetches only chunks that are neither
-cached nor in flight.
+cached nor in flight. What the reader keeps besides (format 2's checked hash
+material) is counted against the same budget with ``hold``.
 """
 
 from collections import OrderedDict
@@ -27,8 +28,8 @@ class Span:
     ``offset`` is the plaintext offset of chunk ``first`` in the file. A span holds
     either the chunks' authenticated ``plaintext`` or, if ``records`` is set, their
     records as fetched (a view of the buffer one fetch filled, which pieces of the
-    same fetch share), not yet opened; once the reader has opened them, ``opened``
-    leads to the span of their plaintext.
+    same fetch share), not yet opened, with their checked leaf hashes in format 2;
+    once the reader has opened them, ``opened`` leads to the span of their plaintext.
     """
 
     file: int
@@ -37,6 +38,7 @@ class Span:
     offset: int
     plaintext: bytearray | None
     records: memoryview | None = None
+    leaves: bytes | None = None
     opened: "Span | None" = None
 
 
@@ -52,6 +54,7 @@ class ChunkCache:
             raise ValueError("cache budget must not be negative")
         self.budget = budget
         self.used = 0
+        self.held = 0  # bytes the reader holds outside spans, part of ``used``
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -79,7 +82,7 @@ class ChunkCache:
 
     def put(self, span: Span) -> None:
         """Hold ``span``, evicting the least recently used spans beyond the budget."""
-        if _charged_len(span) > self.budget:
+        if _charged_len(span) > self.budget - self.held:
             return
         for chunk in range(span.first, span.end):
             old = self._chunks.get((span.file, chunk))
@@ -89,9 +92,18 @@ class ChunkCache:
             self._chunks[(span.file, chunk)] = span
         self._spans[span] = None
         self._charge(span, 1)
-        while self.used > self.budget:
-            oldest = next(iter(self._spans))
-            self._forget(oldest)
+        self._evict()
+
+    def hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` the reader keeps outside the cache against the budget (``-nbytes``
+        once it lets them go), evicting spans to make room."""
+        self.held += nbytes
+        self.used += nbytes
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.used > self.budget and self._spans:
+            self._forget(next(iter(self._spans)))
             self.evictions += 1
 
     def discard(self, span: Span) -> None:

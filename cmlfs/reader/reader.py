@@ -15,9 +15,13 @@ loop 1 MiB at a time as reads reach them, so their plaintext is still in the
 CPU's caches when it is served. Sequential reads start background fetches of
 what follows, further ahead and in larger requests while the reader stays
 sequential (prefetch). An optional disk cache keeps ciphertext spans,
-committed only after they authenticated. The reader never returns a byte that
-failed authentication: such reads raise IntegrityError, which the FUSE layer
-turns into EIO.
+committed only after they authenticated. In format 2 every record is checked
+against its leaf hash before it is opened: a file's page digests are fetched
+and checked against the manifest's root when the file is first read, and the
+pages of leaves as reads need them (held within the cache budget). The reader
+never returns a byte that failed authentication: such reads raise
+IntegrityError, which the FUSE layer turns into EIO; each failed chunk is
+logged once.
 """
 
 import bisect
@@ -28,6 +32,7 @@ import hmac
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -35,6 +40,14 @@ from typing import TypeVar
 import trio
 
 from cmlfs.errors import CmlfsError, IntegrityError, StoreError
+from cmlfs.format.hashlist import (
+    HASH_LEN,
+    LEAVES_PER_PAGE,
+    PAGE_LEN,
+    HashLayout,
+    check_digests,
+    check_pages,
+)
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
@@ -51,6 +64,8 @@ PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least t
 PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at once
 OPEN_PIECE_BYTES = 1024 * 1024  # fetched records are opened this much at a time (a FUSE read)
 DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
+HASH_PAGES_SHARE = 8  # checked pages of leaf hashes fill at most this part of the cache
+MAX_REPORTED_CHUNKS = 100_000  # failed chunks remembered so each is logged once
 
 
 # Upper bounds of the read latency histogram, 100 µs to 5 s: cache hits to slow stores.
@@ -103,6 +118,7 @@ class _Flight:
 
     def __init__(self, file: int, first: int, last: int) -> None:
         self.file, self.first, self.last = file, first, last
+        self.leaves: bytes | None = None  # format 2: the checked leaf hashes of its chunks
         self.done = trio.Event()
         self.spans: list[Span] = []
         self.failures: dict[int, IntegrityError] = {}
@@ -123,6 +139,7 @@ class ModelReader:
         prefetch_bytes: int = 0,
         disk_cache: DiskCache | None = None,
         inline: bool = False,
+        log_failures: bool = True,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -132,7 +149,13 @@ class ModelReader:
         self._layouts = [ChunkLayout(manifest.chunk_size, f.size) for f in manifest.files]
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
         self._openers: dict[int, BlobOpener] = {}
-        self._opening: SingleFlight[BlobOpener] = SingleFlight()
+        self._opening: SingleFlight[tuple[BlobOpener, bytes | None]] = SingleFlight()
+        self._digests: dict[int, bytes] = {}  # format 2: each opened file's checked page digests
+        self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()  # checked leaf pages
+        self._pages_budget = cache_bytes // HASH_PAGES_SHARE
+        self._pages_bytes = 0
+        self._reported: set[tuple[int, int]] = set()
+        self._log_failures = log_failures  # off where the caller reports them (cmlfs verify)
         self._flights: dict[tuple[int, int], _Flight] = {}
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
@@ -218,6 +241,19 @@ class ModelReader:
                 return next(span for span in flight.spans if chunk < span.end)
             # The leader was cancelled: nothing to share, so this reader fetches.
 
+    def _report(self, file: int, failures: dict[int, IntegrityError]) -> None:
+        """Log each failed chunk once, however often it is read (at most the first
+        ``MAX_REPORTED_CHUNKS``): the store keeps serving a damaged record."""
+        for chunk, error in failures.items():
+            key = (file, chunk)
+            if key not in self._reported and len(self._reported) < MAX_REPORTED_CHUNKS:
+                self._reported.add(key)
+                self._log_failure("event=chunk_rejected reason=%s", error)
+
+    def _log_failure(self, message: str, error: IntegrityError) -> None:
+        if self._log_failures:
+            log.error(message, error)
+
     def _raise_failed(self, failures: dict[int, IntegrityError], chunk: int, last: int) -> None:
         """Raise the error of the first failed chunk from ``chunk`` to ``last``, if any."""
         for failed in sorted(failures):
@@ -233,10 +269,11 @@ class ModelReader:
             return span.opened
         entry = self.manifest.files[span.file]
         opener = self._openers[span.file]
-        opened = _open_records(entry, opener, span.first, span.end - 1, span.records)
+        opened = _open_records(entry, opener, span.first, span.end - 1, span.records, span.leaves)
         plain = self._plaintext_span(span.file, span.end - 1, opened)
         if opened.failures:
             self.cache.discard(span)
+            self._report(span.file, opened.failures)
             self._raise_failed(opened.failures, chunk, last)
         else:
             span.opened = plain
@@ -283,6 +320,7 @@ class ModelReader:
         try:
             opener = await self._opener(flight.file)
             entry = self.manifest.files[flight.file]
+            flight.leaves = await self._leaves(flight.file, opener, flight.first, flight.last)
             if self._open_on_read:
                 offset, length = opener.layout.records_span(flight.first, flight.last)
                 read = self.store.read_range
@@ -292,10 +330,11 @@ class ModelReader:
                 piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
                 spans = _record_spans(flight, opener.layout, offset, memoryview(records), piece)
             else:
-                args = (entry, opener, flight.first, flight.last)
+                args = (entry, opener, flight.first, flight.last, flight.leaves)
                 opened = await self._run_blocking(self._fetch_and_open, *args)
                 spans = [self._plaintext_span(flight.file, flight.last, opened)]
                 flight.failures = opened.failures
+                self._report(flight.file, opened.failures)
             self.stats.store_requests += 1
             if not flight.failures:
                 for span in spans:
@@ -343,24 +382,25 @@ class ModelReader:
         self._frontier[index] = chunk
 
     def _fetch_and_open(
-        self, entry: FileEntry, opener: BlobOpener, first: int, last: int
+        self, entry: FileEntry, opener: BlobOpener, first: int, last: int, leaves: bytes | None
     ) -> OpenedSpan:
         """The opened plaintext of chunks ``first..last``; failed chunks are listed.
 
-        A disk-cached span that fails to authenticate is dropped and fetched again;
-        a fetched span enters the disk cache only if every chunk of it authenticated.
+        A disk-cached span that fails to authenticate (or to match ``leaves``) is dropped
+        and fetched again; a fetched span enters the disk cache only if every chunk of it
+        authenticated.
         """
         offset, length = opener.layout.records_span(first, last)
         cache = self._disk_cache
         if cache:
             cached = cache.get(entry.blob_name, offset, length)
-            span = _open_all(opener, first, last, cached) if cached is not None else None
+            span = None if cached is None else _open_all(opener, first, last, cached, leaves)
             if span is not None:
                 return span
             if cached is not None:
                 cache.discard(entry.blob_name, offset, length)
         data = self.store.read_range(entry.blob_name, offset, length)
-        span = _open_records(entry, opener, first, last, data)
+        span = _open_records(entry, opener, first, last, data, leaves)
         if cache and not span.failures:
             cache.put(entry.blob_name, offset, length, data)
         return span
@@ -368,12 +408,59 @@ class ModelReader:
     async def _opener(self, index: int) -> BlobOpener:
         opener = self._openers.get(index)
         if opener is None:
-            opener = await self._opening.run(index, lambda: self._open_blob(index))
-            self._openers[index] = opener
+            opener, digests = await self._opening.run(index, lambda: self._open_blob(index))
+            if index not in self._openers:  # the first of the callers the flight served
+                self._openers[index] = opener
+                if digests is not None:
+                    self._digests[index] = digests
+                    self.cache.hold(len(digests))
         return opener
 
-    async def _open_blob(self, index: int) -> BlobOpener:
+    async def _open_blob(self, index: int) -> tuple[BlobOpener, bytes | None]:
         return await self._run_blocking(self._check_blob, self.manifest.files[index])
+
+    async def _leaves(self, file: int, opener: BlobOpener, first: int, last: int) -> bytes | None:
+        """The checked leaf hashes of chunks ``first..last`` of a format-2 file (None in
+        format 1): from the pages held, the missing ones read in one request and checked
+        against the file's page digests. A page that does not match fails every read that
+        needs it; it is never held."""
+        if not opener.hashed:
+            return None
+        pages = HashLayout(opener.layout).pages_for(first, last)
+        found = [self._pages.get((file, page)) for page in pages]
+        missing = [page for page, data in zip(pages, found, strict=True) if data is None]
+        if missing:
+            entry = self.manifest.files[file]
+            offset, length = HashLayout(opener.layout).pages_span(missing[0], missing[-1])
+            data = await self._run_blocking(self.store.read_range, entry.blob_name, offset, length)
+            try:
+                check_pages(self._digests[file], missing[0], data)
+            except IntegrityError as exc:
+                self.stats.integrity_failures += 1
+                failure = IntegrityError(f"{entry.path}: {exc}")
+                self._log_failure("event=integrity_failed reason=%s", failure)
+                raise failure from None
+            for page in range(missing[0], missing[-1] + 1):
+                at = (page - missing[0]) * PAGE_LEN
+                found[page - pages.start] = held = data[at : at + PAGE_LEN]
+                self._hold_page((file, page), held)
+        for page in pages:
+            if (file, page) in self._pages:
+                self._pages.move_to_end((file, page))
+        start = (first - pages.start * LEAVES_PER_PAGE) * HASH_LEN
+        return b"".join(found)[start : start + (last + 1 - first) * HASH_LEN]
+
+    def _hold_page(self, key: tuple[int, int], page: bytes) -> None:
+        """Keep a checked page, dropping the least recently used beyond the pages' share."""
+        if key in self._pages or len(page) > self._pages_budget:
+            return
+        self._pages[key] = page
+        self._pages_bytes += len(page)
+        self.cache.hold(len(page))
+        while self._pages_bytes > self._pages_budget:
+            _, dropped = self._pages.popitem(last=False)
+            self._pages_bytes -= len(dropped)
+            self.cache.hold(-len(dropped))
 
     async def _run_blocking(self, function, *args):
         """Run store and crypto work in a worker thread (or inline), counting failures."""
@@ -381,15 +468,17 @@ class ModelReader:
             if self._inline:
                 return function(*args)
             return await run_in_thread(functools.partial(function, *args), self._limiter)
-        except IntegrityError:
+        except IntegrityError as exc:
             self.stats.integrity_failures += 1
+            self._log_failure("event=integrity_failed reason=%s", exc)
             raise
         except StoreError:
             self.stats.store_errors += 1
             raise
 
-    def _check_blob(self, entry: FileEntry) -> BlobOpener:
-        """Fetch and check a blob's header against the manifest; return its opener."""
+    def _check_blob(self, entry: FileEntry) -> tuple[BlobOpener, bytes | None]:
+        """Fetch and check a blob's header against the manifest; return its opener and, in
+        format 2, its page digests checked against the manifest's root."""
         raw = self.store.read_range(entry.blob_name, 0, HEADER_LEN)
         if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), entry.header_sha256):
             raise IntegrityError(f"{entry.path}: blob header does not match the manifest")
@@ -403,12 +492,24 @@ class ModelReader:
             layout.plaintext_size != entry.size
             or layout.chunk_size != self.manifest.chunk_size
             or header.algorithm != self.manifest.algorithm
+            or header.version != self.manifest.format_version
         ):
             raise IntegrityError(f"{entry.path}: blob header disagrees with the manifest")
         actual = self.store.size(entry.blob_name)
-        if actual != layout.blob_size or actual != entry.blob_size:
+        if actual != header.blob_size or actual != entry.blob_size:
             raise IntegrityError(f"{entry.path}: blob is truncated or extended")
-        return opener
+        if entry.hash_root is None:
+            return opener, None
+        hashes = HashLayout(layout)
+        digests = b""  # an empty file has no pages: its root is SHA-256 of nothing
+        if hashes.digests_len:
+            name, offset, length = entry.blob_name, hashes.digests_offset, hashes.digests_len
+            digests = self.store.read_range(name, offset, length)
+        try:
+            check_digests(digests, bytes.fromhex(entry.hash_root))
+        except IntegrityError as exc:
+            raise IntegrityError(f"{entry.path}: {exc}") from None
+        return opener, digests
 
 
 @trio.lowlevel.enable_ki_protection
@@ -438,11 +539,16 @@ async def run_in_thread(function: Callable[[], T], limiter: trio.CapacityLimiter
 
 
 def _open_records(
-    entry: FileEntry, opener: BlobOpener, first: int, last: int, data: bytes | memoryview
+    entry: FileEntry,
+    opener: BlobOpener,
+    first: int,
+    last: int,
+    data: bytes | memoryview,
+    leaves: bytes | None,
 ) -> OpenedSpan:
     """Chunks ``first..last`` opened from their records; errors name the file."""
     try:
-        span = opener.open_span(first, last, data)
+        span = opener.open_span(first, last, data, leaves)
     except IntegrityError as exc:
         raise IntegrityError(f"{entry.path}: {exc}") from None
     for chunk, error in span.failures.items():
@@ -457,18 +563,25 @@ def _record_spans(
     chunks of ``piece`` bytes."""
     step = max(1, piece // layout.chunk_size)
     spans = []
+    leaves = flight.leaves
     for first in range(flight.first, flight.last + 1, step):
         last = min(first + step, flight.last + 1) - 1
         start, length = layout.records_span(first, last)
         piece = records[start - base : start - base + length]
-        spans.append(Span(flight.file, first, last + 1, layout.chunk_offset(first), None, piece))
+        span = Span(flight.file, first, last + 1, layout.chunk_offset(first), None, piece)
+        if leaves is not None:
+            at = (first - flight.first) * HASH_LEN
+            span.leaves = leaves[at : at + (last + 1 - first) * HASH_LEN]
+        spans.append(span)
     return spans
 
 
-def _open_all(opener: BlobOpener, first: int, last: int, data: bytes) -> OpenedSpan | None:
-    """The opened run if every chunk of ``data`` authenticates, else None."""
+def _open_all(
+    opener: BlobOpener, first: int, last: int, data: bytes, leaves: bytes | None
+) -> OpenedSpan | None:
+    """The opened run if every chunk of ``data`` matches and authenticates, else None."""
     try:
-        span = opener.open_span(first, last, data)
+        span = opener.open_span(first, last, data, leaves)
     except IntegrityError:
         return None
     return None if span.failures else span

@@ -125,7 +125,7 @@ def manifest_body(data: bytes) -> None:
     salt = bytes.fromhex(vector["salt"])
     from cmlfs.format.keys import Purpose, derive_object_key
 
-    aead_key, _ = derive_object_key(vector_key(), salt, Purpose.MANIFEST)
+    aead_key, _ = derive_object_key(vector_key(), salt, Purpose.MANIFEST_V1)
     record = RecordCipher(Algorithm.AES_256_GCM_SIV, aead_key).seal(
         data, associated, bytes.fromhex(vector["nonce"])
     )

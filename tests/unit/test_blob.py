@@ -3,7 +3,8 @@
 A blob is opened here the way the reader opens one: parse the header, check
 the key commitment, then open the records of the blob's exact length. Every
 tampering must end in FormatError, WrongKeyError or IntegrityError, never in
-plaintext.
+plaintext. The blobs here are format 1: the record AEAD and its associated data
+are the same in format 2, whose hash list tests/unit/test_hashlist.py covers.
 """
 
 import hashlib
@@ -43,7 +44,7 @@ def seal_blob(
     chunk_size: int = C,
 ) -> bytes:
     layout = ChunkLayout(chunk_size, len(plaintext))
-    sealer = BlobSealer(key, layout, algorithm)
+    sealer = BlobSealer(key, layout, algorithm, version=1)
     records = [
         sealer.seal_chunk(i, plaintext[layout.chunk_offset(i) :][: layout.chunk_len(i)])
         for i in range(layout.n_chunks)
@@ -82,24 +83,24 @@ def test_derivation_splits_64_bytes_of_hkdf_into_key_and_commitment():
 
     salt = bytes(range(100, 132))
     okm = HKDF(SHA256(), 64, salt, b"cmlfs/v1/content").derive(KEY)
-    assert derive_object_key(KEY, salt, Purpose.CONTENT) == (okm[:32], okm[32:])
-    assert derive_object_key(KEY, salt, Purpose.MANIFEST) != (okm[:32], okm[32:])
+    assert derive_object_key(KEY, salt, Purpose.CONTENT_V1) == (okm[:32], okm[32:])
+    assert derive_object_key(KEY, salt, Purpose.MANIFEST_V1) != (okm[:32], okm[32:])
 
 
 def test_commitment_accepts_only_the_model_key_it_was_made_with():
     salt = bytes(32)
-    key, commitment = derive_object_key(KEY, salt, Purpose.CONTENT)
-    assert open_object_key(KEY, salt, commitment, Purpose.CONTENT) == key
+    key, commitment = derive_object_key(KEY, salt, Purpose.CONTENT_V1)
+    assert open_object_key(KEY, salt, commitment, Purpose.CONTENT_V1) == key
     with pytest.raises(WrongKeyError):
-        open_object_key(OTHER_KEY, salt, commitment, Purpose.CONTENT)
+        open_object_key(OTHER_KEY, salt, commitment, Purpose.CONTENT_V1)
     with pytest.raises(WrongKeyError):
-        open_object_key(KEY, salt, commitment, Purpose.MANIFEST)
+        open_object_key(KEY, salt, commitment, Purpose.MANIFEST_V1)
 
 
 @pytest.mark.parametrize("bad", [b"", bytes(16), bytes(31), bytes(33)])
 def test_model_keys_of_the_wrong_length_are_refused(bad: bytes):
     with pytest.raises(WrongKeyError):
-        derive_object_key(bad, bytes(32), Purpose.CONTENT)
+        derive_object_key(bad, bytes(32), Purpose.CONTENT_V1)
     with pytest.raises(WrongKeyError):
         key_id(bad)
 
@@ -107,7 +108,7 @@ def test_model_keys_of_the_wrong_length_are_refused(bad: bytes):
 @pytest.mark.parametrize("salt_len", [0, 16, 31, 33])
 def test_salts_of_the_wrong_length_are_refused(salt_len: int):
     with pytest.raises(ValueError):
-        derive_object_key(KEY, bytes(salt_len), Purpose.CONTENT)
+        derive_object_key(KEY, bytes(salt_len), Purpose.CONTENT_V1)
 
 
 def test_key_id_is_public_short_hex_and_differs_per_key():
@@ -137,7 +138,8 @@ def header_bytes(**fields) -> bytes:
 
 
 def test_header_pack_and_parse_are_inverse_and_88_bytes():
-    header = BlobHeader(Algorithm.AES_256_GCM, ChunkLayout(1 << 16, 123), bytes(32), b"c" * 32)
+    layout = ChunkLayout(1 << 16, 123)
+    header = BlobHeader(Algorithm.AES_256_GCM, layout, bytes(32), b"c" * 32, version=1)
     packed = header.pack()
     assert len(packed) == HEADER_LEN == 88
     assert packed[:8] == b"CMLFSBLB"
@@ -154,7 +156,7 @@ def test_header_pack_and_parse_are_inverse_and_88_bytes():
         {"magic": b"CMLFSMAN"},
         {"magic": b"cmlfsblb"},
         {"version": 0},
-        {"version": 2},
+        {"version": 3},
         {"version": 0x0100},
         {"algorithm": 0},
         {"algorithm": 3},
@@ -241,7 +243,7 @@ def test_every_blob_gets_a_fresh_salt_and_nonces():
 
 
 def test_sealer_refuses_a_chunk_of_the_wrong_length():
-    sealer = BlobSealer(KEY, ChunkLayout(C, C + 1))
+    sealer = BlobSealer(KEY, ChunkLayout(C, C + 1), version=1)
     with pytest.raises(ValueError):
         sealer.seal_chunk(0, bytes(C - 1))
     with pytest.raises(ValueError):
@@ -326,8 +328,8 @@ def test_header_of_another_blob_with_the_same_layout_is_rejected():
 def test_the_last_chunk_flag_is_authenticated():
     """A full record sealed as "not last" does not open as the last one, and vice versa."""
     layout = ChunkLayout(C, 2 * C)
-    sealer = BlobSealer(KEY, layout, salt=bytes(32))
-    aead_key, _ = derive_object_key(KEY, bytes(32), Purpose.CONTENT)
+    sealer = BlobSealer(KEY, layout, salt=bytes(32), version=1)
+    aead_key, _ = derive_object_key(KEY, bytes(32), Purpose.CONTENT_V1)
     cipher = RecordCipher(Algorithm.AES_256_GCM_SIV, aead_key)
     digest = sealer.header.digest
     first = sealer.seal_chunk(0, bytes(C))

@@ -37,7 +37,8 @@ HEX = "0123456789abcdef" * 4
 
 
 def file_entry(path: str, size: int = 10) -> FileEntry:
-    return FileEntry(path, size, 0o644, 1, HEX, size + 116, HEX, HEX)
+    unique = hashlib.sha256(path.encode()).hexdigest()  # one blob per file
+    return FileEntry(path, size, 0o644, 1, unique, size + 116, unique, HEX)
 
 
 def sample(algorithm: Algorithm = Algorithm.AES_256_GCM_SIV) -> Manifest:
@@ -52,6 +53,7 @@ def sample(algorithm: Algorithm = Algorithm.AES_256_GCM_SIV) -> Manifest:
             file_entry("e", 0),
         ),
         dirs=(DirEntry("", 0o755, 5), DirEntry("sub", 0o700, 6), DirEntry("empty", 0o755, 7)),
+        format_version=1,
     )
 
 
@@ -73,7 +75,7 @@ def seal_raw(
 ) -> bytes:
     """Seal arbitrary body bytes exactly as FORMAT.md lays a manifest out."""
     env = envelope() if env is None else env
-    aead_key, commitment = derive_object_key(key, salt, Purpose.MANIFEST)
+    aead_key, commitment = derive_object_key(key, salt, Purpose.MANIFEST_V1)
     prefix = struct.pack(">8sHHI32s32s", b"CMLFSMAN", 1, algorithm, len(env), salt, commitment)
     return (
         prefix + env + RecordCipher(Algorithm(algorithm), aead_key).seal(body, prefix + env, nonce)
@@ -111,7 +113,9 @@ def test_layout_matches_the_specification():
             "algorithm": "aes-256-gcm-siv",
             "chunk_size": 65536,
             "dirs": [vars(d) for d in manifest.dirs],
-            "files": [vars(f) for f in manifest.files],
+            "files": [
+                {k: v for k, v in vars(f).items() if k != "hash_root"} for f in manifest.files
+            ],
             "model": {"name": "demo", "version": "2024-01"},
         }
     )
@@ -312,7 +316,10 @@ def with_dir(**fields) -> Callable[[dict], None]:
 
 
 def add_file(path: str) -> Callable[[dict], None]:
-    return lambda body: body["files"].append({**body["files"][0], "path": path})
+    """Another file at ``path``, with a blob of its own (sharing one is refused too)."""
+    unique = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
+    blob = {"blob": unique, "header_sha256": unique}
+    return lambda body: body["files"].append({**body["files"][0], "path": path, **blob})
 
 
 def add_dir(path: str) -> Callable[[dict], None]:
@@ -473,6 +480,7 @@ def test_manifest_constructor_validates_the_tree(paths: tuple, dirs: tuple):
             Algorithm.AES_256_GCM_SIV,
             files,
             tuple(DirEntry(d, 0o755, 0) for d in dirs),
+            format_version=1,
         )
 
 
@@ -487,6 +495,7 @@ def test_pre_1970_mtimes_round_trip():
         Algorithm.AES_256_GCM_SIV,
         (FileEntry("f", 1, 0o644, -(1 << 63), HEX, 117, HEX, HEX),),
         (DirEntry("", 0o755, -1),),
+        format_version=1,
     )
     assert open_manifest(seal_manifest(manifest, KEY), KEY) == manifest
 

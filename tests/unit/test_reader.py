@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmlfs.errors import IntegrityError
-from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD
-from cmlfs.manifest import MANIFEST_NAME, open_manifest
+from cmlfs.format.hashlist import HashLayout
+from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD, ChunkLayout
+from cmlfs.manifest import MANIFEST_NAME, Manifest, open_manifest
 from cmlfs.publish import EncryptSettings, encrypt_model
 from cmlfs.reader import ModelReader
 from cmlfs.reader.reader import run_in_thread
@@ -229,15 +230,24 @@ def test_sequential_reads_prefetch_and_scattered_reads_do_not(model):
 
 
 class CountingStore(LocalStore):
-    """A folder store that records the length of every ranged read."""
+    """A folder store that records the length of every ranged read; those of format 2's
+    hash material (from ``hashes_from`` on) in ``hash_lengths``."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.lengths: list[int] = []
+        self.hash_lengths: list[int] = []
+        self.hashes_from = 1 << 62
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
-        self.lengths.append(length)
+        reads = self.hash_lengths if offset >= self.hashes_from else self.lengths
+        reads.append(length)
         return super().read_range(name, offset, length)
+
+    def count_hashes_of(self, manifest: Manifest) -> None:
+        """Count reads past the records of the model's one file as hash material."""
+        layout = ChunkLayout(manifest.chunk_size, manifest.files[0].size)
+        self.hashes_from = HashLayout(layout).leaves_offset
 
 
 MIB = 1 << 20
@@ -257,6 +267,7 @@ def stream_model(tmp_path_factory):
 def streaming_reader(store_root: Path) -> tuple[ModelReader, CountingStore]:
     store = CountingStore(store_root)
     manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
+    store.count_hashes_of(manifest)
     reader = ModelReader(manifest, store, KEY, threads=4, prefetch_bytes=16 * MIB)
     store.lengths.clear()  # the manifest's read
     return reader, store
@@ -301,6 +312,7 @@ def test_a_read_over_a_run_the_cache_cannot_hold_fetches_it_once(stream_model):
     store_root, plain = stream_model
     store = CountingStore(store_root)
     manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
+    store.count_hashes_of(manifest)
     reader = ModelReader(manifest, store, KEY, cache_bytes=0, run_bytes=4 * MIB, threads=2)
     assert read(reader, 0, 0, 4 * MIB) == plain[: 4 * MIB]
     assert read(reader, 0, 4 * MIB, 4 * MIB) == plain[4 * MIB : 8 * MIB]
