@@ -2,6 +2,8 @@
 
 Scenarios (each interleaves its variants round by round; medians and ratios):
   seq-cold    sequential read of one large file, caches dropped before each read
+  format      the same cold read of a format-2 store (what cmlfs encrypt writes: every
+              record checked against its SHA-256 leaf) and of a format-1 store
   warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
   rand-4k     random 4 KiB preads, ops/s, cold start
   (seq-cold and the random reads also run a model sealed with 16 KiB chunks: the trade-off
@@ -12,6 +14,7 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
 Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.daemon.workers).
 
 Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
+(with --only, results go to results/read-<scenarios>.json, beside a full run's read.json)
 """
 
 import argparse
@@ -50,7 +53,8 @@ WORKERS_SUFFIX = "-2w"
 
 
 class Workspace:
-    """The plaintext model, its cmlfs stores (both algorithms) and a gocryptfs copy."""
+    """The plaintext model, its cmlfs stores (both algorithms, both formats) and a gocryptfs
+    copy."""
 
     def __init__(self, root: Path, size: int) -> None:
         self.root = root
@@ -62,12 +66,13 @@ class Workspace:
             "cmlfs-gcm-siv": root / "store-siv",
             "cmlfs-gcm": root / "store-gcm",
             "cmlfs-gcm-siv-16k": root / "store-siv-16k",  # the chunk-size trade-off
+            "cmlfs-gcm-siv-f1": root / "store-siv-f1",  # format 1: no hash list
         }
         self.gocryptfs_dir = root / "gocryptfs"
         self.mnt = root / "mnt"
 
     def prepare(self) -> None:
-        stamp = self.root / f"ready-{self.size}"
+        stamp = self.root / f"ready-{self.size}-f2"  # -f2: stores of both formats
         if stamp.exists():
             return
         shutil.rmtree(self.root, ignore_errors=True)
@@ -104,6 +109,16 @@ class Workspace:
             "--chunk-size",
             "16K",
         )
+        run(
+            *cmlfs_command(),
+            "encrypt",
+            self.plain,
+            self.stores["cmlfs-gcm-siv-f1"],
+            "--key-file",
+            self.key,
+            "--format",
+            "1",
+        )
         gocryptfs_init(self.gocryptfs_dir, self.passfile)
         with gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile) as mnt:
             shutil.copyfile(self.plain / FILE, mnt / FILE)
@@ -133,6 +148,18 @@ def sequential_cold(ws: Workspace, rounds: int) -> Measurement:
             "gocryptfs",
             "plain",
         ):
+            with ws.mount(variant) as root:
+                drop_caches()
+                seconds = timed(lambda root=root: read_sequential(root / FILE))
+            m.add(variant, ws.size / seconds / 1e6)
+    return m
+
+
+def format_cold(ws: Workspace, rounds: int) -> Measurement:
+    """Cold sequential reads of format 2 against format 1, interleaved round by round."""
+    m = Measurement("seq-cold-format", "MB/s", True, "cmlfs-gcm-siv-f1")
+    for _ in range(rounds):
+        for variant in ("cmlfs-gcm-siv-f1", "cmlfs-gcm-siv"):
             with ws.mount(variant) as root:
                 drop_caches()
                 seconds = timed(lambda root=root: read_sequential(root / FILE))
@@ -237,6 +264,7 @@ class Peak:
 
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {
     "seq-cold": lambda ws, r: [sequential_cold(ws, r)],
+    "format": lambda ws, r: [format_cold(ws, r)],
     "warm": lambda ws, r: [warm_reread(ws, r)],
     "rand-4k": lambda ws, r: [random_preads(ws, r, 4096, 4000)],
     "rand-1m": lambda ws, r: [random_preads(ws, r, MIB, 300)],
@@ -268,7 +296,9 @@ def main() -> None:
     command = "python -m benchmarks.bench_read " + " ".join(
         f"--{k} {v}" for k, v in (("size", args.size), ("rounds", args.rounds))
     )
-    save("read", measurements, command)
+    if args.only:  # a partial run keeps the full run's results
+        command += " --only " + " ".join(args.only)
+    save("-".join(["read", *(args.only or [])]), measurements, command)
     report(measurements)
 
 

@@ -432,14 +432,9 @@ class ModelReader:
         if missing:
             entry = self.manifest.files[file]
             offset, length = HashLayout(opener.layout).pages_span(missing[0], missing[-1])
-            data = await self._run_blocking(self.store.read_range, entry.blob_name, offset, length)
-            try:
-                check_pages(self._digests[file], missing[0], data)
-            except IntegrityError as exc:
-                self.stats.integrity_failures += 1
-                failure = IntegrityError(f"{entry.path}: {exc}")
-                self._log_failure("event=integrity_failed reason=%s", failure)
-                raise failure from None
+            digests = self._digests[file]
+            check = functools.partial(check_pages, digests, missing[0])
+            data = await self._run_blocking(self._fetch_hashes, entry, offset, length, check)
             for page in range(missing[0], missing[-1] + 1):
                 at = (page - missing[0]) * PAGE_LEN
                 found[page - pages.start] = held = data[at : at + PAGE_LEN]
@@ -501,15 +496,33 @@ class ModelReader:
         if entry.hash_root is None:
             return opener, None
         hashes = HashLayout(layout)
-        digests = b""  # an empty file has no pages: its root is SHA-256 of nothing
-        if hashes.digests_len:
-            name, offset, length = entry.blob_name, hashes.digests_offset, hashes.digests_len
-            digests = self.store.read_range(name, offset, length)
+        check = functools.partial(check_digests, root=bytes.fromhex(entry.hash_root))
+        return opener, self._fetch_hashes(entry, hashes.digests_offset, hashes.digests_len, check)
+
+    def _fetch_hashes(
+        self, entry: FileEntry, offset: int, length: int, check: Callable[[bytes], None]
+    ) -> bytes:
+        """Hash material of ``entry``'s blob that passed ``check``: from the disk cache if it
+        is there and passes, else from the store (then kept in the disk cache, so a mount
+        reading from a warm disk cache needs no store request past the headers)."""
+        cache, name = self._disk_cache, entry.blob_name
+        if cache and length:
+            cached = cache.get(name, offset, length)
+            if cached is not None:
+                try:
+                    check(cached)
+                    return cached
+                except IntegrityError:
+                    cache.discard(name, offset, length)
+        # An empty file has no pages: its root is that of nothing.
+        data = self.store.read_range(name, offset, length) if length else b""
         try:
-            check_digests(digests, bytes.fromhex(entry.hash_root))
+            check(data)
         except IntegrityError as exc:
             raise IntegrityError(f"{entry.path}: {exc}") from None
-        return opener, digests
+        if cache and length:
+            cache.put(name, offset, length, data)
+        return data
 
 
 @trio.lowlevel.enable_ki_protection

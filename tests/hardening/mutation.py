@@ -17,12 +17,14 @@ How the checks stay real with one mount for thousands of mutations:
 - Blobs are changed in place (same inode), which the store's cached descriptors see.
 - The reader checks a blob's header and size once per file, on first read, and
   keeps the result only when the check passed. So the model's files are split:
-  record mutations (bit flips, byte runs, record swaps, duplicates, transplants)
-  go to files that are open and verified; blob mutations (header edits,
-  truncation, extension, a dropped record, blob swaps and replacements) go to
-  files that have never been read successfully, whose header check runs on
-  every read. A blob mutation that passed the check would be counted as
-  undetected and its file would read wrong bytes.
+  record mutations (bit flips, byte runs, record swaps, duplicates, transplants,
+  and bit flips of format 2's leaf hashes, whose pages a reader without a cache
+  fetches again) go to files that are open and verified; blob mutations (header
+  edits, truncation, extension, a dropped record, blob swaps and replacements, and
+  bit flips of the page digests, checked when a file is opened) go to files that
+  have never been read successfully, whose header check runs on every read. A
+  blob mutation that passed the check would be counted as undetected and its
+  file would read wrong bytes.
 - Manifest mutations need a new daemon each: they are fewer (``--manifest-share``)
   and mounted one by one at the end. Each mutation is undone before the next.
 - Finally a fresh mount reads every file whole: the store was restored, and the
@@ -40,13 +42,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cmlfs.format.hashlist import LEAVES_PER_PAGE, HashLayout
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import MANIFEST_NAME, open_manifest
 from tests.conftest import daemon_pid, force_unmount, mounted, run_cli
 from tests.hardening.models import CAMPAIGN_CHUNK, write_campaign_model
 
-RECORD_KINDS = ("bit-flip", "byte-run", "record-swap", "record-duplicate", "record-transplant")
+RECORD_KINDS = (
+    "bit-flip",
+    "byte-run",
+    "record-swap",
+    "record-duplicate",
+    "record-transplant",
+    "leaf-flip",
+)
 BLOB_KINDS = (
+    "digest-flip",
     "header-flip",
     "header-run",
     "truncate",
@@ -183,13 +194,20 @@ class Campaign:
         data = bytearray(blob.original)
         layout = blob.layout
         full = [i for i in range(layout.n_chunks) if layout.chunk_len(i) == CAMPAIGN_CHUNK]
-        if kind in ("bit-flip", "byte-run"):
-            start = self.rng.randrange(HEADER_LEN, len(data))
+        hashes = HashLayout(layout)
+        if kind == "leaf-flip":  # the page of the leaf fails: every chunk it covers
+            start = self.rng.randrange(hashes.leaves_offset, hashes.digests_offset)
+            data[start] ^= 1 << self.rng.randrange(8)
+            page = (start - hashes.leaves_offset) // (32 * LEAVES_PER_PAGE)
+            chunks = range(page * LEAVES_PER_PAGE, (page + 1) * LEAVES_PER_PAGE)
+            damaged = set(chunks) & set(range(layout.n_chunks))
+        elif kind in ("bit-flip", "byte-run"):
+            start = self.rng.randrange(HEADER_LEN, hashes.leaves_offset)  # the records
             if kind == "bit-flip":
                 data[start] ^= 1 << self.rng.randrange(8)
                 end = start + 1
             else:
-                end = min(len(data), start + self.rng.randrange(1, 65))
+                end = min(hashes.leaves_offset, start + self.rng.randrange(1, 65))
                 data[start:end] = self.rng.randbytes(end - start)
                 if data[start:end] == blob.original[start:end]:
                     data[start] ^= 0xFF
@@ -243,7 +261,10 @@ class Campaign:
         blob = self.rng.choice(self.blob_files)
         data = bytearray(blob.original)
         victims = [blob]
-        if kind == "header-flip":
+        if kind == "digest-flip":
+            hashes = HashLayout(blob.layout)
+            data[self.rng.randrange(hashes.digests_offset, len(data))] ^= 1 << self.rng.randrange(8)
+        elif kind == "header-flip":
             data[self.rng.randrange(HEADER_LEN)] ^= 1 << self.rng.randrange(8)
         elif kind == "header-run":
             start = self.rng.randrange(HEADER_LEN)
