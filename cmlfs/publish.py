@@ -4,8 +4,7 @@ Reads plaintext only from the source folder (or, importing, from blocks it is gi
 in memory: cmlfs.model.import_jwe_folder) and writes only ciphertext: each file
 becomes one blob ``blobs/<sha256 of the blob>`` (in format 2 its records followed by
 their hash list), then the sealed ``manifest.cmlfs`` is written last, so a store
-without a manifest is visibly incomplete. On failure
-everything written is removed.
+without a manifest is visibly incomplete. On failure everything written is removed.
 """
 
 import hashlib

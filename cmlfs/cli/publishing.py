@@ -18,8 +18,9 @@ from cmlfs.cli.options import (
     store_settings,
 )
 from cmlfs.errors import CmlfsError
+from cmlfs.format import FORMAT_VERSIONS
 from cmlfs.keys import FileKeySource, generate_key_file
-from cmlfs.manifest import MANIFEST_NAME, read_envelope
+from cmlfs.manifest import MANIFEST_NAME, Manifest, read_envelope
 from cmlfs.publish import EncryptSettings
 from cmlfs.units import format_size
 
@@ -71,7 +72,7 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def _add_sealing_options(p: argparse.ArgumentParser) -> None:
-    """How a new store is sealed: chunk size, algorithm, name and version."""
+    """How a new store is sealed: chunk size, algorithm, format, name and version."""
     p.add_argument(
         "--chunk-size",
         type=argtypes.chunk_size,
@@ -86,10 +87,37 @@ def _add_sealing_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="aes-256-gcm-siv (default) or aes-256-gcm",
     )
+    p.add_argument(
+        "--format",
+        type=int,
+        choices=FORMAT_VERSIONS,
+        default=EncryptSettings.format_version,
+        dest="format_version",
+        help=f"on-store format (default {EncryptSettings.format_version}: a hash list binds every "
+        "chunk to the manifest, so not even a key holder can change one; 1 only for readers "
+        "older than format 2)",
+    )
     p.add_argument("--model-name", metavar="N", help="model name (default: the folder name)")
     p.add_argument(
         "--model-version", default=EncryptSettings.model_version, metavar="V", help="model version"
     )
+
+
+def _sealing_settings(args: argparse.Namespace, default_name: str) -> EncryptSettings:
+    return EncryptSettings(
+        chunk_size=args.chunk_size,
+        algorithm=args.algorithm,
+        model_name=args.model_name or default_name,
+        model_version=args.model_version,
+        key_uri=args.key_uri,
+        format_version=args.format_version,
+    )
+
+
+def _sealed(manifest: Manifest) -> str:
+    """How a new store was sealed, for the line a command prints."""
+    chunks = format_size(manifest.chunk_size)
+    return f"{manifest.algorithm.label}, {chunks} chunks, format {manifest.format_version}"
 
 
 def add_encrypt(sub: argparse._SubParsersAction) -> None:
@@ -150,13 +178,7 @@ def import_jwe(args: argparse.Namespace) -> int:
     if args.key_id is not None:
         raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
     store, listing, key = open_jwe_folder(args.src, key_source(args), store_settings(args))
-    settings = EncryptSettings(
-        chunk_size=args.chunk_size,
-        algorithm=args.algorithm,
-        model_name=args.model_name or Path(args.src.rstrip("/")).name,
-        model_version=args.model_version,
-        key_uri=args.key_uri,
-    )
+    settings = _sealing_settings(args, Path(args.src.rstrip("/")).name)
     total = 2 * sum(f.size for f in listing.files)
     try:
         with _progress(total, "authenticating and sealing") as progress:
@@ -166,8 +188,7 @@ def import_jwe(args: argparse.Namespace) -> int:
     size = sum(f.size for f in manifest.files)
     print(
         f"imported {len(manifest.files)} JWE files ({format_size(size)}) of {args.src} into "
-        f"{args.store} with {manifest.algorithm.label}, {format_size(manifest.chunk_size)} "
-        "chunks, sealed with the same key"
+        f"{args.store} with {_sealed(manifest)}, sealed with the same key"
     )
     return 0
 
@@ -178,19 +199,13 @@ def encrypt(args: argparse.Namespace) -> int:
     if args.register:
         check_registrable(args.key_uri)
     key = FileKeySource(args.key_file).fetch_key()
-    settings = EncryptSettings(
-        chunk_size=args.chunk_size,
-        algorithm=args.algorithm,
-        model_name=args.model_name or args.src.resolve().name,
-        model_version=args.model_version,
-        key_uri=args.key_uri,
-    )
+    settings = _sealing_settings(args, args.src.resolve().name)
     with _progress(total_bytes(args.src), "encrypting") as progress:
         manifest = encrypt_model(args.src, args.store, key, settings, progress)
     size = sum(f.size for f in manifest.files)
     print(
         f"encrypted {len(manifest.files)} files ({format_size(size)}) of {args.src} into "
-        f"{args.store} with {manifest.algorithm.label}, {format_size(manifest.chunk_size)} chunks"
+        f"{args.store} with {_sealed(manifest)}"
     )
     if args.register:
         register(args.key_uri, args.key_file, args.store, args)
