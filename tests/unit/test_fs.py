@@ -1,6 +1,7 @@
 """The FUSE operations without a mount: inode tree, attributes, and the errno boundary."""
 
 import errno
+import hashlib
 import stat
 
 import pyfuse3
@@ -17,7 +18,8 @@ HEX = "0" * 64
 
 def manifest() -> Manifest:
     def file(path: str, size: int) -> FileEntry:
-        return FileEntry(path, size, 0o644, 7, HEX, 0, HEX, HEX)
+        blob = hashlib.sha256(path.encode()).hexdigest()  # one blob per file
+        return FileEntry(path, size, 0o644, 7, blob, 0, blob, HEX, hash_root=HEX)
 
     return Manifest(
         name="m",
