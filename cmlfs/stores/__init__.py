@@ -47,7 +47,7 @@ def open_store(
     if scheme == "oci":
         from cmlfs.stores.oci import OciStore
 
-        return OciStore(location, settings)
+        return OciStore(location, settings, files)
     raise StoreError(f"unsupported store URL scheme {scheme!r}")
 
 

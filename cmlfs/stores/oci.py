@@ -3,7 +3,9 @@
 The model is one OCI image manifest with artifact type ``ARTIFACT_TYPE``, the
 empty config, and one layer per object: the sealed ``manifest.cmlfs``
 (``MANIFEST_MEDIA_TYPE``) and each blob (``BLOB_MEDIA_TYPE``, whose digest is
-its store name). A tag is resolved once, when the store is first read; from
+its store name). With ``files`` the artifact is a folder of plain files, as
+``oras push`` makes one (a KServe JWE model's): each layer is one file, named by
+its ``org.opencontainers.image.title``. A tag is resolved once, when the store is first read; from
 then on everything is addressed by digest, so a tag moved under a running
 mount changes nothing, and a digest reference is checked against the bytes.
 
@@ -36,6 +38,7 @@ from cmlfs.stores.base import (
     Progress,
     RangedStore,
     StoreSettings,
+    check_file_name,
     check_name,
 )
 from cmlfs.stores.http import (
@@ -116,21 +119,14 @@ class Descriptor:
 
 def parse_image_manifest(body: bytes) -> dict[str, Descriptor]:
     """Store name -> descriptor of a cmlfs artifact's image manifest, refusing anything else."""
-    if len(body) > MAX_IMAGE_MANIFEST:
-        raise StoreError("the OCI manifest is too large")
-    try:
-        doc = json.loads(body, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError):
-        raise StoreError("the OCI manifest is not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
-        raise StoreError("the OCI manifest is not an image manifest (schemaVersion 2)")
+    doc = _image_manifest(body)
     if doc.get("mediaType") != OCI_MANIFEST or doc.get("artifactType") != ARTIFACT_TYPE:
-        raise StoreError(f"the OCI reference is not a cmlfs model (artifactType {ARTIFACT_TYPE})")
-    layers = doc.get("layers")
-    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
-        raise StoreError("the OCI manifest has no valid layer list")
+        # As a missing manifest.cmlfs: the reference may hold a JWE model's files instead.
+        raise ObjectMissing(
+            f"the OCI reference is not a cmlfs model (artifactType {ARTIFACT_TYPE})"
+        )
     objects: dict[str, Descriptor] = {}
-    for layer in layers:
+    for layer in _layers(doc):
         descriptor = _descriptor(layer)
         if descriptor.media_type == MANIFEST_MEDIA_TYPE:
             name = "manifest.cmlfs"
@@ -145,6 +141,44 @@ def parse_image_manifest(body: bytes) -> dict[str, Descriptor]:
     if "manifest.cmlfs" not in objects:
         raise StoreError("the OCI artifact has no model manifest layer")
     return objects
+
+
+def parse_file_artifact(body: bytes) -> dict[str, Descriptor]:
+    """File name -> descriptor of an artifact of plain files, as ``oras push`` makes them:
+    an image manifest whose layers each carry a file name (``org.opencontainers.image.title``)."""
+    doc = _image_manifest(body)
+    files: dict[str, Descriptor] = {}
+    for layer in _layers(doc):
+        descriptor = _descriptor(layer)
+        annotations = layer.get("annotations")
+        title = annotations.get(TITLE) if isinstance(annotations, dict) else None
+        if not isinstance(title, str):
+            raise StoreError(
+                "an OCI layer carries no file name (org.opencontainers.image.title): only "
+                "artifacts of files (oras push) can be read as a folder, not image layers"
+            )
+        if files.setdefault(check_file_name(title), descriptor) is not descriptor:
+            raise StoreError(f"the OCI manifest lists {title} twice")
+    return files
+
+
+def _image_manifest(body: bytes) -> dict:
+    if len(body) > MAX_IMAGE_MANIFEST:
+        raise StoreError("the OCI manifest is too large")
+    try:
+        doc = json.loads(body, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError):
+        raise StoreError("the OCI manifest is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
+        raise StoreError("the OCI manifest is not an image manifest (schemaVersion 2)")
+    return doc
+
+
+def _layers(doc: dict) -> list:
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        raise StoreError("the OCI manifest has no valid layer list")
+    return layers
 
 
 def _descriptor(value: object) -> Descriptor:
@@ -234,9 +268,10 @@ class _ProgressReader:
 class OciStore(RangedStore):
     """Objects of one cmlfs artifact in an OCI registry (read; and push to a tag)."""
 
-    def __init__(self, url: str, settings: StoreSettings) -> None:
+    def __init__(self, url: str, settings: StoreSettings, files: bool = False) -> None:
         super().__init__()
         self.ref = parse_reference(url)
+        self.files = files  # an artifact of plain files (a JWE model's), read-only
         self._settings = settings
         scheme = "http" if settings.insecure_http else "https"
         self._base = f"{scheme}://{self.ref.registry}/v2/{self.ref.repository}"
@@ -265,8 +300,12 @@ class OciStore(RangedStore):
     def put(self, name: str, source: Path, progress: Progress) -> bool:
         if self.ref.digest:
             raise StoreError("push to an OCI tag (oci://REGISTRY/REPO:TAG), not to a digest")
+        if self.files:
+            raise StoreError(f"{self.describe()} is read as an artifact of files; push a store")
         self._actions = "pull,push"
         size = source.stat().st_size
+        if self.files:
+            raise StoreError(f"{self.describe()} is read as an artifact of files; push a store")
         if check_name(name) == "manifest.cmlfs":
             digest = "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
             media_type = MANIFEST_MEDIA_TYPE
@@ -329,7 +368,7 @@ class OciStore(RangedStore):
         )
 
     def _descriptor(self, name: str) -> Descriptor:
-        check_name(name)  # before the registry is asked for anything
+        (check_file_name if self.files else check_name)(name)  # before the registry is asked
         descriptor = self._artifact().get(name)
         if descriptor is None:
             raise ObjectMissing(f"{name}: not part of {self.describe()}")
@@ -342,7 +381,8 @@ class OciStore(RangedStore):
                 digest = "sha256:" + hashlib.sha256(body).hexdigest()
                 if self.ref.digest and digest != self.ref.digest:
                     raise StoreError("the registry returned a manifest with a different digest")
-                self._objects = parse_image_manifest(body)
+                parse = parse_file_artifact if self.files else parse_image_manifest
+                self._objects = parse(body)
                 self.digest = digest
             return self._objects
 

@@ -18,6 +18,7 @@ from jwcrypto import jwe, jwk
 from cmlfs.format.jwe import CHUNK_BYTES, CHUNK_CHARS
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import mounted, run_cli
+from tests.deploy.conftest import http_get, metrics, status_url
 from tests.jwe_helpers import flip_char, make_jwe, part_span
 
 CACHE = "1M"
@@ -250,3 +251,17 @@ def test_benchmark_smoke(tmp_path):
     token.decrypt(jwk.JWK(kty="oct", k=jwk.base64url_encode(key)))
     assert token.payload == plaintext
     main(["--size", "2M", "--rounds", "1", "--work", str(tmp_path / "work"), "--no-save"])
+
+
+def test_status_metrics_count_jwe_reads(jwe_model, tmp_path):
+    folder, contents, key = jwe_model
+    key_file = key_forms(tmp_path, key)["jwk"]
+    args = ("--key-file", key_file, "--http", "127.0.0.1:0")
+    with mounted(folder, tmp_path / "mnt", *args) as mnt:
+        url = status_url(mnt)
+        assert http_get(url + "/readyz") == (200, "ready\n")
+        data = (mnt / "model.safetensors").read_bytes()
+        after = metrics(url)
+        assert after["cmlfs_read_bytes_total"] == len(data)
+        assert after["cmlfs_decrypted_bytes_total"] == len(contents["model.safetensors"])
+        assert after["cmlfs_decrypted_chunks_total"] == 4  # 3 chunks and 12345 bytes
