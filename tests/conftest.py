@@ -179,3 +179,38 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """The modules a process run with ``-X importtime`` (``PYTHONPROFILEIMPORTTIME=1``)
+    imported, read from its stderr."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime_stderr.splitlines()
+        if line.startswith("import time:") and not line.endswith("| imported package")
+    }
+
+
+# Stacks a command loads only when it needs them (benchmarks/RESULTS.md, "Lazy imports"):
+# key release, HTTP, metrics, the vTPM, S3, progress bars.
+ON_DEMAND_MODULES = (
+    "jwcrypto",
+    "rfc8785",
+    "cmlfs.keys.kbs",
+    "cmlfs.keys.rcar",
+    "requests",
+    "urllib3",
+    "cmlfs.keys.transport",
+    "prometheus_client",
+    "cmlfs.status",
+    "tpm2_pytss",
+    "cmlfs.keys.attesters.azure_vtpm",
+    "boto3",
+    "botocore",
+    "tqdm",
+)
+
+
+def loaded_of(modules: set[str], roots: tuple[str, ...]) -> set[str]:
+    """The members of ``modules`` that are one of ``roots`` or inside one of them."""
+    return {m for m in modules if any(m == r or m.startswith(r + ".") for r in roots)}

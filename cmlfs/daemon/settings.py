@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cmlfs.keys import KeySettings, KeySource
-from cmlfs.reader.reader import DEFAULT_CACHE_BYTES
+from cmlfs.reader import DEFAULT_CACHE_BYTES
 from cmlfs.stores.base import StoreSettings
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http

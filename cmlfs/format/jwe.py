@@ -10,8 +10,8 @@ ciphertext (``decrypt_range``). The base64url ciphertext is cut into chunks of
 blocks), the unit a reader fetches, checks against the digest recorded while
 authenticating (``ChunkDigests``), and decrypts.
 
-Pure: no I/O. Header parsing and key unwrapping use jwcrypto; never puts a key or a
-plaintext byte in a message.
+Pure: no I/O. Reading a JWK and unwrapping a content key use jwcrypto, imported there (a
+mount of a cmlfs store never needs it); never puts a key or a plaintext byte in a message.
 """
 
 import base64
@@ -26,8 +26,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
 from cryptography.hazmat.primitives.poly1305 import Poly1305
-from jwcrypto import jwa, jwk
-from jwcrypto.common import JWException
 
 from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
 
@@ -90,6 +88,9 @@ def key_from_resource(resource: bytes) -> bytes:
         text = resource.decode("utf-8")
     except UnicodeDecodeError:
         return bytes(resource)
+    from jwcrypto import jwk
+    from jwcrypto.common import JWException
+
     try:
         key = jwk.JWK.from_json(text)
     except (ValueError, TypeError, JWException):
@@ -222,6 +223,9 @@ def open_parts(parts: JweParts, key: bytes) -> JweKey:
         raise WrongKeyError(
             f"the key is {len(key)} bytes; {header.alg}/{header.enc} needs {wanted}"
         )
+    from jwcrypto import jwa, jwk
+    from jwcrypto.common import JWException
+
     oct_key = jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(key).rstrip(b"=").decode())
     try:
         unwrapper = jwa.JWA.keymgmt_alg(header.alg)

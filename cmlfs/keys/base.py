@@ -11,6 +11,7 @@ CCEL_PATH = Path("/sys/firmware/acpi/tables/data/CCEL")
 TPM_TCTI = "device:/dev/tpmrm0"  # the vTPM, through the kernel's resource manager
 METADATA_URL = "http://169.254.169.254"  # Azure's instance metadata service
 VTPM_REPORT_WAIT = 3.0  # seconds the paravisor is given to regenerate the HCL report
+MAX_RESOURCE_LEN = 4096  # bytes: the largest key resource (raw key, key bundle, JWK) read
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ import re
 from cmlfs.errors import FormatError, KeySourceError
 from cmlfs.format.jwe import key_from_resource
 from cmlfs.format.keys import MODEL_KEY_LEN
-from cmlfs.keys.base import ReleasedKey
+from cmlfs.keys.base import MAX_RESOURCE_LEN, ReleasedKey
 from cmlfs.keys.rcar import b64_decode, loads_strict
 
 BUNDLE_TYPE = "cmlfs-key-bundle"
 BUNDLE_VERSION = 1
-MAX_RESOURCE_LEN = 4096
 _KEYS = {"type", "version", "key", "manifest_sha256"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NOT_A_KEY = (

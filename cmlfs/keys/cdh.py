@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cmlfs.errors import KeySourceError
-from cmlfs.keys.base import KeySettings, ReleasedKey
-from cmlfs.keys.bundle import MAX_RESOURCE_LEN, parse_resource
+from cmlfs.keys.base import MAX_RESOURCE_LEN, KeySettings, ReleasedKey
+from cmlfs.keys.bundle import parse_resource
 from cmlfs.keys.rcar import resource_path
 from cmlfs.keys.transport import new_session, read_capped, send
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from cmlfs.errors import KeySourceError
 from cmlfs.format.keys import MODEL_KEY_LEN
-from cmlfs.keys.base import ReleasedKey
-from cmlfs.keys.bundle import MAX_RESOURCE_LEN, jose_key
+from cmlfs.keys.base import MAX_RESOURCE_LEN, ReleasedKey
 
 
 class FileKeySource:
@@ -26,6 +25,8 @@ class FileKeySource:
         base64url text), so a model imported from a JWE folder mounts with its key file."""
         key = self.fetch_resource()
         if len(key) != MODEL_KEY_LEN:
+            from cmlfs.keys.bundle import jose_key  # JSON and JWK parsing only for such keys
+
             key = jose_key(key, self._refusal(" (or a JWK or base64url key)"))
         return ReleasedKey(key)
 

@@ -41,8 +41,9 @@ from cmlfs.format.jwe import (
 )
 from cmlfs.logfmt import quote
 from cmlfs.manifest import DirEntry
+from cmlfs.reader import DEFAULT_CACHE_BYTES
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
-from cmlfs.reader.reader import DEFAULT_CACHE_BYTES, ReaderStats, run_in_thread
+from cmlfs.reader.reader import ReaderStats, run_in_thread
 from cmlfs.stores.base import Store, StoreStats
 
 log = logging.getLogger(__name__)

@@ -51,6 +51,7 @@ from cmlfs.format.hashlist import (
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
 from cmlfs.manifest import FileEntry, Manifest
+from cmlfs.reader import DEFAULT_CACHE_BYTES
 from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
 from cmlfs.stores.base import Store, StoreStats
 from cmlfs.stores.diskcache import DiskCache
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-read
 PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
 PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at once
 OPEN_PIECE_BYTES = 1024 * 1024  # fetched records are opened this much at a time (a FUSE read)

@@ -11,7 +11,6 @@ import logging
 from typing import Protocol
 
 from cmlfs.errors import KeySourceError
-from cmlfs.keys.attesters.azure_vtpm import AzureVtpmAttester, detect_vtpm
 from cmlfs.keys.attesters.configfs_tsm import SnpAttester, TdxAttester, detect_tee
 from cmlfs.keys.attesters.sample import SampleAttester
 from cmlfs.keys.base import KeySettings
@@ -38,6 +37,8 @@ def select_attester(settings: KeySettings) -> Attester:
     if choice == "snp":
         return SnpAttester(settings.tsm_report_root)
     if choice in ("az-snp-vtpm", "az-tdx-vtpm"):
+        from cmlfs.keys.attesters.azure_vtpm import AzureVtpmAttester
+
         return AzureVtpmAttester(choice, settings)
     if choice == "sample":
         log.warning(
@@ -54,6 +55,8 @@ def detect(settings: KeySettings) -> str:
         return detect_tee(settings.tsm_report_root)
     except KeySourceError as exc:
         tsm_reason = str(exc)
+    from cmlfs.keys.attesters.azure_vtpm import detect_vtpm  # its HTTP and x509 stacks
+
     try:
         return detect_vtpm(settings)
     except KeySourceError as exc:
@@ -67,7 +70,6 @@ def detect(settings: KeySettings) -> str:
 __all__ = [
     "ATTESTERS",
     "Attester",
-    "AzureVtpmAttester",
     "SampleAttester",
     "SnpAttester",
     "TdxAttester",
