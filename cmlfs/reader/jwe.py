@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
+READ_PASSES = 2  # passes of files being read that may run beside the background ones
 MAX_FILES = 100_000
 # A JWE folder records no modes: show what KServe's storage initializer leaves on the model
 # volume (files written under the usual umask), write bits included as for every mount.
@@ -211,9 +212,10 @@ class JweReader:
         self._authenticating: SingleFlight[Authenticated] = SingleFlight()
         self._chunks: SingleFlight[Span] = SingleFlight()
         self._background = trio.CapacityLimiter(authenticators)
-        # Passes run in their own threads: a file being read must not queue behind the
-        # background passes (those are bounded by ``_background``).
-        self._passes = trio.CapacityLimiter(authenticators + 64)
+        # Passes run in threads of their own: files being read do not queue behind the
+        # background passes (bounded by ``_background``), up to READ_PASSES more at once;
+        # each pass holds one request's text and a chunk of scratch (about 9 MiB).
+        self._passes = trio.CapacityLimiter(authenticators + READ_PASSES)
         self._limiter = trio.CapacityLimiter(max(authenticators, 2))
         self._started = False
 

@@ -1,0 +1,58 @@
+"""JweReader without FUSE: the order files authenticate in, and reads waiting for it."""
+
+import os
+import threading
+import time
+
+import trio
+from jwcrypto import jwk
+
+from cmlfs.format.jwe import CHUNK_BYTES
+from cmlfs.reader.jwe import JweReader, list_jwe_folder
+from cmlfs.stores import LocalStore
+from tests.jwe_helpers import make_jwe
+
+
+class SlowStore(LocalStore):
+    """A folder store whose long ranged reads (a pass's, not the listing's) take a while,
+    recording which object each was of."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root, files=True)
+        self.reads: list[str] = []
+        self._lock = threading.Lock()
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        if length >= CHUNK_BYTES:
+            with self._lock:
+                self.reads.append(name)
+            time.sleep(0.1)
+        return super().read_range(name, offset, length)
+
+
+def test_a_file_being_read_is_authenticated_before_the_background_gets_to_it(tmp_path):
+    key = jwk.JWK.generate(kty="oct", size=256)
+    data = {name: os.urandom(12 * CHUNK_BYTES) for name in ("a", "b", "c")}
+    for name, plaintext in data.items():
+        (tmp_path / f"{name}.jwe").write_bytes(make_jwe(plaintext, key))
+    store = SlowStore(tmp_path)
+    reader = JweReader(
+        list_jwe_folder(store), store, jwk.base64url_decode(key["k"]), authenticators=1
+    )
+    got = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.authenticate_all)
+            await trio.sleep(0.05)  # the background pass of a.jwe is under way (0.2 s)
+            got["c"] = bytes(await reader.read(2, 5, 100))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert got["c"] == data["c"][5:105]
+    first_reads = list(dict.fromkeys(store.reads))
+    assert first_reads[:2] == ["a.jwe", "c.jwe"]  # c went ahead of b, in order of access
+    assert (
+        store.reads.index("c.jwe") < store.reads.index("b.jwe") if "b.jwe" in store.reads else True
+    )
+    assert reader._done.keys() >= {2}
