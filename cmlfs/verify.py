@@ -1,4 +1,5 @@
-"""Checking a whole stored model: every chunk authenticates and every file digest matches."""
+"""Checking a whole stored model: every chunk authenticates and every file digest matches;
+or, for a KServe JWE model folder, every file's tag."""
 
 import hashlib
 import hmac
@@ -9,6 +10,7 @@ import trio
 from cmlfs.errors import IntegrityError
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
+from cmlfs.reader.jwe import JweListing, authenticate_file
 from cmlfs.stores import Store
 
 STEP = 4 * 1024 * 1024
@@ -34,3 +36,11 @@ def verify_model(
                 raise IntegrityError(f"{entry.path}: content digest differs from the manifest")
 
     trio.run(check_all)
+
+
+def verify_jwe_folder(
+    listing: JweListing, store: Store, key: bytes, progress: Callable[[int], None]
+) -> None:
+    """Raise IntegrityError naming the first JWE file of the folder that fails."""
+    for entry in listing.files:
+        authenticate_file(store, entry, key, progress)

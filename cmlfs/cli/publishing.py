@@ -173,11 +173,9 @@ def add_import(sub: argparse._SubParsersAction) -> None:
 
 
 def import_jwe(args: argparse.Namespace) -> int:
-    from cmlfs.model import import_jwe_folder, open_jwe_folder
+    from cmlfs.model import import_jwe_folder
 
-    if args.key_id is not None:
-        raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
-    store, listing, key = open_jwe_folder(args.src, key_source(args), store_settings(args))
+    store, listing, key = _open_jwe_folder(args, args.src)
     settings = _sealing_settings(args, Path(args.src.rstrip("/")).name)
     total = 2 * sum(f.size for f in listing.files)
     try:
@@ -294,8 +292,9 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
         help="decrypt a whole stored model and check every digest",
-        description="Authenticate every chunk and compare every file digest with the manifest. "
-        "Exit 0 only when everything is intact; otherwise name the first bad file and chunk.",
+        description="Authenticate every chunk and compare every file digest with the manifest "
+        "(of a KServe JWE model folder: authenticate every JWE file). Exit 0 only when "
+        "everything is intact; otherwise name the first bad file and chunk.",
     )
     _add_stored_model(p)
     p.set_defaults(func=verify)
@@ -303,10 +302,12 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 
 def verify(args: argparse.Namespace) -> int:
     from cmlfs.hardening import disable_core_dumps
-    from cmlfs.model import open_model
+    from cmlfs.model import holds_cmlfs_model, open_model
     from cmlfs.verify import verify_model
 
     disable_core_dumps()  # the key and every plaintext chunk are about to be in this process
+    if not holds_cmlfs_model(args.store, store_settings(args)):
+        return _verify_jwe(args)
     store, manifest, key = open_model(
         args.store, key_source(args), store_settings(args), key_settings(args), args.key_id
     )
@@ -314,6 +315,26 @@ def verify(args: argparse.Namespace) -> int:
     with _progress(total, "verifying") as progress:
         verify_model(manifest, store, key, progress)
     print(f"ok: {len(manifest.files)} files, {total} bytes authenticated and digests match")
+    return 0
+
+
+def _open_jwe_folder(args: argparse.Namespace, location: str):
+    """A KServe JWE model folder and its key, from the stored-model options."""
+    from cmlfs.model import open_jwe_folder
+
+    if args.key_id is not None:
+        raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
+    return open_jwe_folder(location, key_source(args), store_settings(args))
+
+
+def _verify_jwe(args: argparse.Namespace) -> int:
+    from cmlfs.verify import verify_jwe_folder
+
+    store, listing, key = _open_jwe_folder(args, args.store)
+    total = sum(f.size for f in listing.files)
+    with _progress(total, "authenticating") as progress:
+        verify_jwe_folder(listing, store, key, progress)
+    print(f"ok: {len(listing.files)} JWE files, {total} bytes authenticated")
     return 0
 
 

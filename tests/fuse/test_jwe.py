@@ -194,6 +194,8 @@ def test_import_round_trip_keeps_the_key(jwe_model, tmp_path):
     folder, contents, key = jwe_model
     keys = key_forms(tmp_path, key)
     store = tmp_path / "store"
+    verified = run_cli("verify", folder, "--key-file", keys["k"]).stdout
+    assert verified.startswith("ok: 4 JWE files")
     result = run_cli("import", folder, store, "--key-uri", f"file://{keys['jwk']}")
     assert "imported 4 JWE files" in result.stdout
     assert "event=file_refused path=README.md" in result.stderr  # left out, and said so
@@ -216,6 +218,11 @@ def test_import_refuses_any_damage_and_leaves_nothing(jwe_model, tmp_path):
     text[-30] = ord("A") if text[-30] != ord("A") else ord("B")  # in the tag
     (damaged / "config.json.jwe").write_bytes(bytes(text))
     key_file = key_forms(tmp_path, key)["jwk"]
+    result = run_cli("verify", damaged, "--key-file", key_file, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith(
+        "config.json: the JWE tag does not authenticate this file"
+    )
     for target in (tmp_path / "new-store", tmp_path / "empty-store"):
         if target.name == "empty-store":
             target.mkdir()
