@@ -8,8 +8,8 @@ approach, in the same run, rounds interleaved, caches dropped before each varian
           the file into a temporary file next to it and rename it once the tag verified
           (the streamed form; 0.20 first read whole files into memory), then the server
           reads the plaintext file: first MiB, then the rest. A full plaintext copy on disk.
-          Same primitives as cmlfs (pybase64, cryptography's AES-GCM), so the comparison is
-          of the approach, not of the libraries.
+          Same primitives as cmlfs (pybase64's validating decoder, its fast path, and
+          cryptography's AES-GCM), so the comparison is of the approach, not the libraries.
 
 The JWE file is written here in one streaming pass (jwcrypto needs the whole plaintext in
 memory); tests/fuse/test_jwe.py runs this with a tiny size and checks the file decrypts
@@ -100,7 +100,8 @@ def kserve_decrypt(path: Path, key: bytes, output: Path) -> None:
                 text = source.read(min(BLOCK // 3 * 4, left))
                 left -= len(text)
                 padding = b"=" * (-len(text) % 4)
-                out.write(decryptor.update(pybase64.urlsafe_b64decode(text + padding)))
+                ciphertext = pybase64.b64decode(text + padding, altchars=b"-_", validate=True)
+                out.write(decryptor.update(ciphertext))
             decryptor.finalize()
     partial.rename(output)
 
