@@ -327,6 +327,21 @@ def test_jwe_folder_with_its_key_from_the_data_hub(cdh, tmp_path):
         assert (mnt / "model.safetensors").read_bytes() == data
 
 
+def test_jwe_folder_with_its_key_from_a_kbs(dev_kbs, tmp_path):
+    """The KServe key resource (a JWK) released by a broker after attestation."""
+    key = jwk.JWK.generate(kty="oct", size=256)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    data = os.urandom(50_000)
+    (folder / "config.json.jwe").write_bytes(make_jwe(data, key, alg="dir"))
+    resource = dev_kbs.repository / "default/kserve/model-key"
+    resource.parent.mkdir(parents=True)
+    resource.write_text(key.export())
+    uri = ("--key-uri", dev_kbs.uri("default/kserve/model-key"), *dev_kbs.client_args())
+    with mounted(folder, tmp_path / "mnt", *uri) as mnt:
+        assert (mnt / "config.json").read_bytes() == data
+
+
 def test_fake_data_hub_answers_only_loopback_get(cdh):
     """The stand-in is as strict as guest-components' api-server-rest (router.rs)."""
     import requests
