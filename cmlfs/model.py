@@ -12,6 +12,7 @@ when read (cmlfs.reader.jwe), or whole when imported into a cmlfs store
 """
 
 import hmac
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from cmlfs.reader.jwe import JweEntry, JweListing, authenticate_file, list_jwe_f
 from cmlfs.stores import Store, StoreSettings, open_store
 from cmlfs.stores.base import ObjectMissing
 
+log = logging.getLogger("cmlfs.model")
+
 
 def open_model(
     store_location: str,
@@ -45,9 +48,12 @@ def open_model(
     The manifest's envelope is not authenticated until the key is known, so a
     key URI recorded there is used only when the operator pinned the model's
     key id: otherwise whoever controls the store could point the daemon at a
-    key of their own and have their own model mounted. A key bundle pins one
-    manifest digest: any other manifest (an older version rolled back in the
-    store, or another model under the same key) is refused before it is opened.
+    key of their own and have their own model mounted. A key from a channel that
+    cannot vouch for it (plain HTTP) needs the same pin, for the same reason: a
+    key bundle's manifest pin does not count, since it arrives over that channel.
+    A key bundle pins one manifest digest: any other manifest (an older version
+    rolled back in the store, or another model under the same key) is refused
+    before it is opened.
     """
     store = open_store(store_location, store_settings)
     data = store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN)  # refused before it is allocated
@@ -66,6 +72,12 @@ def open_model(
                 "--key-id ID (its owner publishes it; cmlfs inspect shows it) or give --key-uri"
             )
         key_source = key_source_from_uri(envelope.key_uri, key_settings)
+        log.info("event=key_uri_from_store source=%r", key_source.describe())
+    if not key_source.authenticated and expected_key_id is None:
+        raise KeySourceError(
+            f"{key_source.describe()} is reached over plain HTTP, where anyone on the path can "
+            "hand out a key of their own: pin the model with --key-id ID"
+        )
     release = key_source.fetch_release()
     pinned = release.manifest_sha256
     if pinned is not None and not hmac.compare_digest(pinned, manifest_digest(data)):

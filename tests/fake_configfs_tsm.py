@@ -7,6 +7,14 @@ already holds ``provider``, ``inblob``, ``outblob``, ``auxblob`` and
 (``tdx_guest``) or an SNP attestation report v3 from a Genoa CPU with a VCEK
 entry in ``auxblob`` (``sev_guest``). ``--empty-outblob`` makes the TEE return
 nothing. Run: ``python -m tests.fake_configfs_tsm MOUNTPOINT --provider tdx_guest``.
+
+SNP entries also hold ``privlevel`` and ``privlevel_floor`` as the kernel's
+drivers/virt/coco/tsm.c has them (torvalds/linux; the floor is the guest's VMPL,
+``--vmpl N``): a privlevel write below the floor or above 3 fails with EINVAL, and
+every write (privlevel or inblob) bumps ``generation``, as
+``try_advance_write_generation`` does. The report's VMPL is the privlevel asked
+for (the floor when none was written). ``--no-privlevel`` stands for a kernel
+without the attribute whose guest runs at ``--vmpl``.
 """
 
 import argparse
@@ -28,6 +36,8 @@ VCEK_GUID = bytes.fromhex("63da758de6644564adc5f4b93be8accd")
 FAKE_VCEK = b"fake VCEK certificate bytes"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTES = (b"provider", b"inblob", b"outblob", b"auxblob", b"generation")
+PRIVLEVEL_ATTRIBUTES = (b"privlevel", b"privlevel_floor")
+PRIVLEVEL_MAX = 3
 
 
 def tdx_quote(report_data: bytes) -> bytes:
@@ -38,11 +48,11 @@ def tdx_quote(report_data: bytes) -> bytes:
     return header + body + struct.pack("<I", len(signature)) + signature
 
 
-def snp_report(report_data: bytes) -> bytes:
+def snp_report(report_data: bytes, vmpl: int = 0) -> bytes:
     """SNP attestation report v3 (1184 bytes) from family 0x19 model 0x11 (Genoa)."""
     report = bytearray(0x4A0)
     struct.pack_into("<IIQ", report, 0, 3, 7, 0x30000)
-    struct.pack_into("<II", report, 0x30, 0, 1)  # vmpl, sig_algo
+    struct.pack_into("<II", report, 0x30, vmpl, 1)  # vmpl, sig_algo
     report[0x38:0x40] = bytes([3, 0, 0, 0, 0, 0, 20, 209])  # current TCB (legacy layout)
     struct.pack_into("<QI", report, 0x40, 0x25, 0)  # plat_info, key_info
     report[0x50:0x90] = report_data.ljust(64, b"\0")
@@ -66,10 +76,16 @@ def snp_cert_table() -> bytes:
 
 
 class FakeTsm(pyfuse3.Operations):
-    def __init__(self, provider: str, empty_outblob: bool) -> None:
+    def __init__(
+        self, provider: str, empty_outblob: bool, vmpl: int = 0, privlevel: bool = True
+    ) -> None:
         super().__init__()
         self.provider = provider
         self.empty_outblob = empty_outblob
+        self.vmpl = vmpl  # the guest's VMPL: privlevel_floor
+        self.attributes = ATTRIBUTES
+        if provider == "sev_guest" and privlevel:
+            self.attributes += PRIVLEVEL_ATTRIBUTES
         self.entries: dict[bytes, int] = {}  # name -> inode
         self.files: dict[int, tuple[int, bytes]] = {}  # inode -> (entry inode, attribute)
         self.values: dict[tuple[int, bytes], bytes] = {}
@@ -119,11 +135,13 @@ class FakeTsm(pyfuse3.Operations):
             b"outblob": b"",
             b"auxblob": b"",
             b"generation": b"0\n",
+            b"privlevel": b"",
+            b"privlevel_floor": f"{self.vmpl}\n".encode(),
         }
-        for offset, attribute in enumerate(ATTRIBUTES, start=1):
+        for offset, attribute in enumerate(self.attributes, start=1):
             self.files[entry + offset] = (entry, attribute)
             self.values[(entry, attribute)] = initial[attribute]
-        self.next_inode += len(ATTRIBUTES) + 1
+        self.next_inode += len(self.attributes) + 1
         return self._attrs(entry)
 
     async def rmdir(self, parent_inode, name, ctx):
@@ -156,21 +174,38 @@ class FakeTsm(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         entry, attribute = self.files[fh]
+        if attribute == b"privlevel":
+            return self._write_privlevel(entry, bytes(buf))
         if attribute != b"inblob" or off != 0 or len(buf) > 64:
             raise pyfuse3.FUSEError(errno.EINVAL)
         data = bytes(buf)
-        generation = int(self.values[(entry, b"generation")]) + 1
+        self._advance_generation(entry)
         self.values[(entry, b"inblob")] = data
-        self.values[(entry, b"generation")] = f"{generation}\n".encode()
         if self.empty_outblob:
             outblob, auxblob = b"", b""
         elif self.provider == "tdx_guest":
             outblob, auxblob = tdx_quote(data), b""
         else:
-            outblob, auxblob = snp_report(data), snp_cert_table()
+            vmpl = int(self.values.get((entry, b"privlevel")) or self.vmpl)
+            outblob, auxblob = snp_report(data, vmpl), snp_cert_table()
         self.values[(entry, b"outblob")] = outblob
         self.values[(entry, b"auxblob")] = auxblob
         return len(buf)
+
+    def _write_privlevel(self, entry: int, data: bytes) -> int:
+        try:
+            level = int(data.decode("ascii").strip(), 0)  # kstrtouint(buf, 0, ...)
+        except ValueError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        if not self.vmpl <= level <= PRIVLEVEL_MAX:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self._advance_generation(entry)
+        self.values[(entry, b"privlevel")] = str(level).encode()
+        return len(data)
+
+    def _advance_generation(self, entry: int) -> None:
+        generation = int(self.values[(entry, b"generation")]) + 1
+        self.values[(entry, b"generation")] = f"{generation}\n".encode()
 
     async def release(self, fh):
         pass
@@ -181,8 +216,10 @@ def main() -> None:
     parser.add_argument("mountpoint")
     parser.add_argument("--provider", required=True)
     parser.add_argument("--empty-outblob", action="store_true")
+    parser.add_argument("--vmpl", type=int, default=0)
+    parser.add_argument("--no-privlevel", action="store_true")
     args = parser.parse_args()
-    operations = FakeTsm(args.provider, args.empty_outblob)
+    operations = FakeTsm(args.provider, args.empty_outblob, args.vmpl, not args.no_privlevel)
     pyfuse3.init(operations, args.mountpoint, {"fsname=fake-tsm", "default_permissions"})
     try:
         trio.run(pyfuse3.main)
@@ -191,13 +228,16 @@ def main() -> None:
 
 
 @contextmanager
-def running_fake_tsm(root: Path, provider: str, empty_outblob: bool = False) -> Iterator[Path]:
+def running_fake_tsm(
+    root: Path, provider: str, empty_outblob: bool = False, *options: str
+) -> Iterator[Path]:
     """Mount the fake tree at ``root`` in a helper process; unmount it afterwards."""
     from cmlfs.mountpoint import mount_entry
     from tests.conftest import force_unmount
 
     command = [sys.executable, "-m", "tests.fake_configfs_tsm", str(root), "--provider", provider]
     command += ["--empty-outblob"] if empty_outblob else []
+    command += options
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10

@@ -5,7 +5,7 @@ the key anywhere and never puts it in a message.
 """
 
 from cmlfs.keys.base import KeySettings, KeySource, ReleasedKey
-from cmlfs.keys.file import FileKeySource, generate_key_file
+from cmlfs.keys.file import FileKeySource, generate_key_file, key_file_source
 from cmlfs.keys.uri import key_source_from_uri
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "KeySource",
     "ReleasedKey",
     "generate_key_file",
+    "key_file_source",
     "key_source_from_uri",
 ]

@@ -12,6 +12,7 @@ TPM_TCTI = "device:/dev/tpmrm0"  # the vTPM, through the kernel's resource manag
 METADATA_URL = "http://169.254.169.254"  # Azure's instance metadata service
 VTPM_REPORT_WAIT = 3.0  # seconds the paravisor is given to regenerate the HCL report
 MAX_RESOURCE_LEN = 4096  # bytes: the largest key resource (raw key, key bundle, JWK) read
+AAEL_PATH = Path("/run/attestation-agent/eventlog")  # the CoCo attestation agent's event log
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,11 @@ class KeySettings:
     """How key sources attest and connect; built once by the CLI, never read from globals."""
 
     attester: Attester = "auto"
-    kbs_ca: Path | None = None  # CA bundle for a broker's TLS certificate; None: system CAs
-    insecure_http: bool = False  # allow http:// brokers and non-loopback data hubs
+    kbs_ca: Path | None = None  # CA bundle for a broker's TLS certificate; None: system store
+    # Plain HTTP to key brokers and to data hubs off loopback. Separate from the stores' switch,
+    # so a plain-HTTP registry never downgrades the broker; a key that comes this way is used
+    # only for a model pinned by --key-id (see KeySource.authenticated).
+    insecure_kbs_http: bool = False
     tee_key_type: TeeKeyType = "ec"  # ephemeral key: EC P-256 (ECDH-ES+A256KW) or RSA-OAEP-256
     timeout: float = 30.0  # seconds per HTTP request
     tsm_report_root: Path = TSM_REPORT_ROOT
@@ -29,6 +33,7 @@ class KeySettings:
     tpm_tcti: str = TPM_TCTI  # tpm2-tss TCTI of the vTPM (az-*-vtpm attesters)
     metadata_url: str = METADATA_URL
     vtpm_report_wait: float = VTPM_REPORT_WAIT
+    aael_path: Path = AAEL_PATH
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,11 @@ class ReleasedKey:
 
 
 class KeySource(Protocol):
+    # True when the key's channel vouches for where it came from (a local file, a broker whose
+    # TLS certificate was verified, the data hub on loopback). A key from any other channel
+    # could be anyone's: the daemon uses it only for a model the operator pinned with --key-id.
+    authenticated: bool
+
     def describe(self) -> str:
         """Where the key comes from, for messages (never the key)."""
         ...

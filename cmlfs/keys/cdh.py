@@ -8,7 +8,9 @@ the configured address (``--cdh-address``, default 127.0.0.1:8006), and so does
 ``kbs:///REPO/TYPE/TAG``, the resource ID as CoCo and KServe write it ("the broker
 this guest is configured for", which the data hub reaches);
 ``cdh://HOST:PORT/REPO/TYPE/TAG`` names another address. The data hub speaks plain
-HTTP, so a host other than loopback needs ``--insecure-http``.
+HTTP, so a host other than loopback needs ``--insecure-kbs-http``, and a key read
+from it is not authenticated (the daemon then needs ``--key-id``). The real data hub
+answers 403 to any peer that is not on loopback.
 """
 
 import ipaddress
@@ -27,6 +29,7 @@ class CdhKeySource:
     address: str  # HOST:PORT
     path: str  # repo/type/tag
     settings: KeySettings
+    authenticated: bool  # on loopback: inside this pod, no one on a network path in between
 
     def describe(self) -> str:
         return f"data hub cdh://{self.address}/{self.path}"
@@ -62,11 +65,13 @@ def cdh_key_source(uri: str, settings: KeySettings) -> CdhKeySource:
         raise KeySourceError(f"invalid data hub address in {uri!r}") from None
     if port is None or not host or located.username or located.password:
         raise KeySourceError(f"a data hub address is HOST:PORT, not {address!r}")
-    if not (_is_loopback(host) or settings.insecure_http):
+    loopback = _is_loopback(host)
+    if not (loopback or settings.insecure_kbs_http):
         raise KeySourceError(
-            f"the data hub speaks plain HTTP; {host} is not loopback (give --insecure-http)"
+            f"the data hub speaks plain HTTP; {host} is not loopback (give --insecure-kbs-http)"
         )
-    return CdhKeySource(address, resource_path(*segments[1:], error=KeySourceError), settings)
+    path = resource_path(*segments[1:], error=KeySourceError)
+    return CdhKeySource(address, path, settings, authenticated=loopback)
 
 
 def _is_loopback(host: str) -> bool:

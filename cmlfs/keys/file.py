@@ -4,16 +4,22 @@ On a serving machine the key should come from an attested key broker; a key
 file means the key sits on that machine's disk.
 """
 
+import logging
 import os
 import stat
 from pathlib import Path
 
 from cmlfs.errors import KeySourceError
 from cmlfs.format.keys import MODEL_KEY_LEN
-from cmlfs.keys.base import MAX_RESOURCE_LEN, ReleasedKey
+from cmlfs.keys.base import MAX_RESOURCE_LEN, KeySettings, ReleasedKey
+from cmlfs.logfmt import quote
+
+log = logging.getLogger("cmlfs.keys")
 
 
 class FileKeySource:
+    authenticated = True  # the operator named the file: no channel in between
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -59,6 +65,23 @@ class FileKeySource:
         if len(data) > limit:
             raise KeySourceError(f"key file {self.path} is larger than {limit} bytes")
         return data
+
+
+def key_file_source(path: Path, settings: KeySettings) -> FileKeySource:
+    """The key file an operator named (``--key-file`` or ``file://``) for a mount.
+
+    On a machine with a TEE this is worth a warning: the key then sits on the disk,
+    outside what attestation protects.
+    """
+    if settings.attester in ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm") or (
+        settings.attester == "auto" and settings.tsm_report_root.is_dir()
+    ):
+        log.warning(
+            "event=key_file_in_tee path=%s reason=\"a key file sits on this machine's disk; "
+            'development only, use kbs:// or cdh:// in a TEE"',
+            quote(str(path)),
+        )
+    return FileKeySource(path)
 
 
 def generate_key_file(path: Path) -> None:

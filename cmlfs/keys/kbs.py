@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_RESPONSE = 1 << 20  # challenge, token: EAR tokens with TDX claims are tens of KiB
 MAX_RESOURCE_RESPONSE = 64 * 1024  # a JWE of a key or a key bundle is well under 8 KiB
+# Trustee refuses request bodies above payload_request_size MiB, 2 by default
+# (kbs/src/config.rs DEFAULT_PAYLOAD_REQUEST_SIZE): a TDX event log can pass that.
+MAX_REQUEST_BODY = 2 << 20
 HANDSHAKE_ATTEMPTS = 3
 RESOURCE_ATTEMPTS = 3
 RETRY_DELAY = 0.5
@@ -67,7 +70,7 @@ _JWE_KEYS = {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
 class KbsResource:
     """A parsed ``kbs://HOST:PORT/REPO/TYPE/TAG``."""
 
-    base_url: str  # https://HOST:PORT (http:// only with insecure_http)
+    base_url: str  # https://HOST:PORT (http:// only with insecure_kbs_http)
     path: str  # repo/type/tag
 
     @property
@@ -86,7 +89,7 @@ def parse_kbs_uri(uri: str, settings: KeySettings) -> KbsResource:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise KeySourceError(f"invalid port in {uri!r}") from None
-    scheme = "http" if settings.insecure_http else "https"
+    scheme = "http" if settings.insecure_kbs_http else "https"
     path = resource_path(*segments[1:], error=KeySourceError)
     return KbsResource(f"{scheme}://{parts.netloc}", path)
 
@@ -279,12 +282,18 @@ class KbsClient:
         headers = {"Content-Type": "application/json"}
         if cookie is not None:
             headers["Cookie"] = f"{SESSION_COOKIE}={cookie}"
+        body = dumps_compact(document)
+        if len(body) > MAX_REQUEST_BODY:
+            raise KeySourceError(
+                f"the {what} request is {len(body)} bytes, over the {MAX_REQUEST_BODY >> 20} MiB "
+                "a Trustee KBS accepts by default (the TEE's event log is too large)"
+            )
         response = send(
             self._http,
             "POST",
             f"{self.base_url}{API_PREFIX}/{endpoint}",
             self.settings,
-            body=dumps_compact(document),
+            body=body,
             headers=headers,
         )
         if response.status_code != 200:
@@ -376,6 +385,8 @@ class KbsKeySource:
     def __init__(self, resource: KbsResource, settings: KeySettings) -> None:
         self.resource = resource
         self.settings = settings
+        # Over plain HTTP anyone on the path can play the broker and hand out a key of their own.
+        self.authenticated = resource.base_url.startswith("https://")
 
     def describe(self) -> str:
         return f"key broker {self.resource.uri}"
@@ -447,7 +458,7 @@ def set_resource_policy(
     parts = _split_kbs_uri(broker_uri)
     if parts.scheme != "kbs" or not parts.hostname or parts.path not in ("", "/"):
         raise KeySourceError(f"a key broker is named kbs://HOST:PORT, not {broker_uri!r}")
-    scheme = "http" if settings.insecure_http else "https"
+    scheme = "http" if settings.insecure_kbs_http else "https"
     body = dumps_compact({"policy": b64url_encode(policy)})
     _admin_post(
         f"{scheme}://{parts.netloc}",

@@ -1,11 +1,17 @@
 """HTTP for key sources: verified TLS, explicit timeouts, bounded bodies, one-line failures.
 
-Sessions ignore the environment (no proxy variables, no CA bundle variables)
-and keep no cookies: the KBS client carries its session cookie explicitly.
+Sessions ignore requests' environment (no proxy variables, no REQUESTS_CA_BUNDLE)
+and keep no cookies: the KBS client carries its session cookie explicitly. A
+broker's certificate is checked against ``--kbs-ca`` when given, else against
+the system trust store: OpenSSL's default verify locations as the ``ssl`` module
+reports them (on Debian /etc/ssl/certs/ca-certificates.crt, which
+update-ca-certificates maintains; OpenSSL's own SSL_CERT_FILE/SSL_CERT_DIR move
+it), never the certifi bundle requests would use by itself.
 Every transport failure becomes a KeySourceError naming the broker and the
 cause; a response body is read in pieces and refused once past its cap.
 """
 
+import ssl
 from collections.abc import Mapping
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urlsplit
@@ -25,9 +31,21 @@ class UnreachableError(KeySourceError):
 def new_session(settings: KeySettings) -> requests.Session:
     session = requests.Session()
     session.trust_env = False
-    session.verify = str(settings.kbs_ca) if settings.kbs_ca is not None else True
+    session.verify = str(settings.kbs_ca) if settings.kbs_ca is not None else system_trust_store()
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     return session
+
+
+def system_trust_store() -> str:
+    """The system's CA bundle (file, else folder) for ``verify``; KeySourceError when absent."""
+    paths = ssl.get_default_verify_paths()
+    for location in (paths.cafile, paths.capath):
+        if location:
+            return location
+    raise KeySourceError(
+        f"no system trust store (OpenSSL looks at {paths.openssl_cafile}): "
+        "install ca-certificates or give --kbs-ca"
+    )
 
 
 def send(

@@ -1,16 +1,12 @@
 """Choosing a key source from a key URI: ``file:///path``, ``kbs://HOST:PORT/...``,
 ``kbs:///...`` (through the data hub), ``cdh:///...``."""
 
-import logging
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from cmlfs.errors import KeySourceError
 from cmlfs.keys.base import KeySettings, KeySource
-from cmlfs.keys.file import FileKeySource
-from cmlfs.logfmt import quote
-
-log = logging.getLogger(__name__)
+from cmlfs.keys.file import key_file_source
 
 
 def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySource:
@@ -22,15 +18,7 @@ def key_source_from_uri(uri: str, settings: KeySettings | None = None) -> KeySou
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise KeySourceError(f"a file key URI is file:///absolute/path, not {uri!r}")
-        if settings.attester in ("tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm") or (
-            settings.attester == "auto" and settings.tsm_report_root.is_dir()
-        ):
-            log.warning(
-                "event=key_file_in_tee uri=%s reason=\"a key file sits on this machine's disk; "
-                'development only, use kbs:// or cdh:// in a TEE"',
-                quote(uri),
-            )
-        return FileKeySource(Path(unquote(parts.path)))
+        return key_file_source(Path(unquote(parts.path)), settings)
     if parts.scheme == "cdh" or (parts.scheme == "kbs" and not parts.netloc):
         # kbs:///REPO/TYPE/TAG: the broker this guest is configured for, through its data hub
         from cmlfs.keys.cdh import cdh_key_source

@@ -45,9 +45,9 @@ def fake_tsm(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """Start fake configfs-tsm trees (tests/fake_configfs_tsm.py) over FUSE; returns a root."""
     with ExitStack() as stack:
 
-        def start(provider: str, empty_outblob: bool = False) -> Path:
+        def start(provider: str, empty_outblob: bool = False, *options: str) -> Path:
             root = tmp_path / f"tsm-{provider}-{len(stack._exit_callbacks)}"
             root.mkdir()
-            return stack.enter_context(running_fake_tsm(root, provider, empty_outblob))
+            return stack.enter_context(running_fake_tsm(root, provider, empty_outblob, *options))
 
         yield start

@@ -13,6 +13,7 @@ from cmlfs.keys.attesters import SampleAttester, SnpAttester, TdxAttester, selec
 from cmlfs.keys.attesters.configfs_tsm import snp_cert_chain, snp_report_json
 from cmlfs.keys.base import KeySettings
 from tests.fake_configfs_tsm import FAKE_VCEK
+from tests.fake_eventlog import REFERENCE_EL_HEADER, event, expected_rtmrs, fake_ccel, replay
 
 DIGEST = hashlib.sha384(b"runtime data").digest()
 PADDED = DIGEST.ljust(64, b"\0")
@@ -27,24 +28,92 @@ def test_sample_evidence_is_base64_of_exactly_the_digest():
     assert len(base64.b64decode(evidence["report_data"])) == 48  # no padding to 64
 
 
+FIRMWARE = [(1, b"td hob"), (2, b"kernel"), (3, b"cmdline"), (2, b"initrd")]
+RUNTIME = [(4, b"INIT/sha384 " + b"0" * 96), (4, b"github.com/cc/aa pull image sha256:ab")]
+
+
+def tdx_evidence(root: Path, folder: Path, ccel: bytes | None, aael: bytes | None) -> dict:
+    for name, data in (("CCEL", ccel), ("eventlog", aael)):
+        if data is not None:
+            (folder / name).write_bytes(data)
+    return TdxAttester(root, folder / "CCEL", folder / "eventlog").evidence(DIGEST)
+
+
 @fuse
 def test_tdx_evidence_carries_the_quote_with_our_report_data(fake_tsm, tmp_path):
     root = fake_tsm("tdx_guest")
-    ccel = tmp_path / "CCEL"
-    ccel.write_bytes(b"event log bytes")
-    evidence = TdxAttester(root, ccel).evidence(DIGEST)
+    evidence = tdx_evidence(root, tmp_path, fake_ccel([event(*e) for e in FIRMWARE]), None)
     assert set(evidence) == {"cc_eventlog", "quote"}
     quote = base64.b64decode(evidence["quote"], validate=True)
     assert struct.unpack_from("<H", quote)[0] == 4
     assert quote[568 : 568 + 64] == PADDED
-    assert base64.b64decode(evidence["cc_eventlog"]) == b"event log bytes"
     assert list(root.iterdir()) == []  # the report entry was removed
 
 
 @fuse
+def test_tdx_event_log_is_the_trimmed_ccel_then_the_agents_log_then_the_end_marker(
+    fake_tsm, tmp_path
+):
+    """What Trustee's verifier replays holds every extension: firmware's and the runtime's."""
+    firmware = b"".join(event(*e) for e in FIRMWARE)
+    runtime = b"".join(event(*e) for e in RUNTIME)
+    ccel = fake_ccel([firmware], slack=8192)  # the ACPI table's 0xFF slack after the events
+    evidence = tdx_evidence(fake_tsm("tdx_guest"), tmp_path, ccel, runtime)
+    log = base64.b64decode(evidence["cc_eventlog"], validate=True)
+    assert log == ccel[: len(ccel) - 8192] + runtime + b"\xff" * 8
+    rtmrs, count = replay(log)
+    assert count == len(FIRMWARE) + len(RUNTIME)
+    assert rtmrs == expected_rtmrs(FIRMWARE + RUNTIME)  # RTMR3 included: the quote's values
+
+
+@fuse
+def test_tdx_agents_log_alone_gets_the_reference_header(fake_tsm, tmp_path):
+    runtime = b"".join(event(*e) for e in RUNTIME)
+    evidence = tdx_evidence(fake_tsm("tdx_guest"), tmp_path, None, runtime)
+    log = base64.b64decode(evidence["cc_eventlog"], validate=True)
+    assert log == REFERENCE_EL_HEADER + runtime + b"\xff" * 8
+    assert replay(log) == (expected_rtmrs(RUNTIME), len(RUNTIME))
+
+
+@fuse
 def test_tdx_evidence_without_eventlog_sends_null(fake_tsm, tmp_path):
-    evidence = TdxAttester(fake_tsm("tdx_guest"), tmp_path / "absent").evidence(DIGEST)
+    evidence = tdx_evidence(fake_tsm("tdx_guest"), tmp_path, None, None)
     assert evidence["cc_eventlog"] is None
+
+
+@fuse
+@pytest.mark.parametrize(
+    ("ccel", "message"),
+    [
+        (fake_ccel([event(1, b"x")], slack=0), "no end marker"),
+        (fake_ccel([event(1, b"x")], slack=0)[:-10], "ends inside an event"),
+        (fake_ccel([event(1, b"x").replace(b"\x0c\x00", b"\x99\x00", 1)]), "unknown digest"),
+        (b"\0\0", "ends inside an event"),
+    ],
+)
+def test_tdx_damaged_ccel_is_refused(fake_tsm, tmp_path, ccel, message):
+    with pytest.raises(KeySourceError, match=message):
+        tdx_evidence(fake_tsm("tdx_guest"), tmp_path, ccel, None)
+
+
+@fuse
+def test_snp_report_is_asked_for_at_vmpl_0(fake_tsm):
+    """privlevel is written (a second write: generation 2 is not taken for a race)."""
+    evidence = SnpAttester(fake_tsm("sev_guest", False, "--vmpl", "0")).evidence(DIGEST)
+    assert evidence["attestation_report"]["vmpl"] == 0
+
+
+@fuse
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--vmpl", "2"), "privlevel_floor is 2.*accepts only VMPL 0"),
+        (("--vmpl", "1", "--no-privlevel"), "made at VMPL 1.*accepts only VMPL 0"),
+    ],
+)
+def test_snp_report_above_vmpl_0_is_refused_here(fake_tsm, options, message):
+    with pytest.raises(KeySourceError, match=message):
+        SnpAttester(fake_tsm("sev_guest", False, *options)).evidence(DIGEST)
 
 
 @fuse
@@ -72,7 +141,7 @@ def test_snp_evidence_is_the_json_trustees_verifier_reads(fake_tsm):
 def test_empty_outblob_is_a_failure(fake_tsm):
     root = fake_tsm("tdx_guest", empty_outblob=True)
     with pytest.raises(KeySourceError, match="empty outblob"):
-        TdxAttester(root, Path("/nonexistent")).evidence(DIGEST)
+        TdxAttester(root, Path("/nonexistent"), Path("/nonexistent")).evidence(DIGEST)
     with pytest.raises(KeySourceError, match="empty outblob"):
         SnpAttester(fake_tsm("sev_guest", empty_outblob=True)).evidence(DIGEST)
 
@@ -80,7 +149,7 @@ def test_empty_outblob_is_a_failure(fake_tsm):
 @fuse
 def test_provider_must_match_the_attester(fake_tsm):
     with pytest.raises(KeySourceError, match="provider is 'sev_guest', expected 'tdx_guest'"):
-        TdxAttester(fake_tsm("sev_guest"), Path("/nonexistent")).evidence(DIGEST)
+        TdxAttester(fake_tsm("sev_guest"), Path("/none"), Path("/none")).evidence(DIGEST)
 
 
 @fuse
@@ -97,7 +166,7 @@ def test_auto_never_falls_back_to_sample(tmp_path):
 
 
 def test_tdx_without_configfs_tsm_names_the_cause(tmp_path):
-    attester = TdxAttester(tmp_path / "no-configfs", tmp_path / "CCEL")
+    attester = TdxAttester(tmp_path / "no-configfs", tmp_path / "CCEL", tmp_path / "AAEL")
     with pytest.raises(KeySourceError, match="configfs-tsm is not available at"):
         attester.evidence(DIGEST)
 

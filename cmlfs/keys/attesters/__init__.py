@@ -33,7 +33,7 @@ def select_attester(settings: KeySettings) -> Attester:
     if choice == "auto":
         choice = detect(settings)
     if choice == "tdx":
-        return TdxAttester(settings.tsm_report_root, settings.ccel_path)
+        return TdxAttester(settings.tsm_report_root, settings.ccel_path, settings.aael_path)
     if choice == "snp":
         return SnpAttester(settings.tsm_report_root)
     if choice in ("az-snp-vtpm", "az-tdx-vtpm"):

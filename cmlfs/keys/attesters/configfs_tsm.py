@@ -3,12 +3,17 @@
 A report request: ``mkdir`` a fresh entry, check its ``provider`` (``tdx_guest``
 or ``sev_guest``), write the 64-byte report data to ``inblob``, read
 ``outblob`` (TDX quote, or SNP attestation report) and ``auxblob`` (SNP
-certificates), then check ``generation`` (a value above 1 means another writer
-raced us), and ``rmdir`` the entry. An empty outblob is a failure.
+certificates), then check ``generation`` (every write bumps it: a value above
+our own writes means another writer raced us), and ``rmdir`` the entry. An
+empty outblob is a failure. For SNP, where the kernel offers ``privlevel``, the
+report is asked for at VMPL 0 (Trustee's verifier accepts no other); a guest
+whose ``privlevel_floor`` is above 0, or a report from another VMPL, is refused
+here with a clear line rather than by the broker with an opaque one.
 
 Evidence is built in the JSON shapes Trustee's verifiers deserialize:
 
-- ``tdx``: ``{"cc_eventlog": base64(CCEL) | null, "quote": base64(quote)}``.
+- ``tdx``: ``{"cc_eventlog": base64(event log) | null, "quote": base64(quote)}``, the
+  event log assembled as guest-components does (``cmlfs.keys.attesters.eventlog``).
 - ``snp``: ``{"attestation_report": {...}, "cert_chain": [...] | null}`` where the
   report object is what serde makes of the ``sev`` crate's ``AttestationReport``
   (integers, byte arrays as integer lists, TCB objects decoded per CPU
@@ -28,10 +33,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from cmlfs.errors import KeySourceError
+from cmlfs.keys.attesters.eventlog import cc_eventlog
 
 REPORT_DATA_LEN = 64
 MAX_BLOB = 1 << 20
-MAX_EVENTLOG = 16 << 20
+SNP_VMPL = 0  # the only VMPL Trustee's SNP verifier accepts (deps/verifier/src/snp/mod.rs)
 PROVIDERS = {"tdx_guest": "tdx", "sev_guest": "snp"}
 _NO_TEE_HINT = (
     "(needs Linux >= 6.7 inside a TDX or SEV-SNP guest; on a machine without a TEE "
@@ -101,14 +107,25 @@ def detect_tee(root: Path) -> str:
     return PROVIDERS[provider]
 
 
-def tsm_report(root: Path, report_data: bytes, provider: str) -> tuple[bytes, bytes]:
-    """(outblob, auxblob) of one report over ``report_data`` zero-padded to 64 bytes."""
+def tsm_report(
+    root: Path, report_data: bytes, provider: str, privlevel: int | None = None
+) -> tuple[bytes, bytes]:
+    """(outblob, auxblob) of one report over ``report_data`` zero-padded to 64 bytes.
+
+    ``privlevel``: ask for the report at this privilege level (SNP VMPL) where the kernel
+    offers the attribute; a guest whose floor is above it is refused.
+    """
     if len(report_data) > REPORT_DATA_LEN:
         raise KeySourceError(f"report data longer than {REPORT_DATA_LEN} bytes")
     with _report_entry(root) as entry:
         found = _provider(entry)
         if found != provider:
             raise KeySourceError(f"configfs-tsm provider is {found!r}, expected {provider!r}")
+        writes = 1
+        if privlevel is not None and (entry / "privlevel").exists():
+            _check_privlevel_floor(entry, privlevel)
+            _write(entry / "privlevel", str(privlevel).encode("ascii"))
+            writes += 1
         _write(entry / "inblob", report_data.ljust(REPORT_DATA_LEN, b"\0"))
         outblob = _read(entry / "outblob")
         if not outblob:
@@ -117,22 +134,37 @@ def tsm_report(root: Path, report_data: bytes, provider: str) -> tuple[bytes, by
         generation = _read(entry / "generation", 64).decode("ascii", "replace").strip()
         if not generation.isdigit():
             raise KeySourceError(f"configfs-tsm generation {generation!r} is not a number")
-        if int(generation) > 1:
+        if int(generation) > writes:
             raise KeySourceError("configfs-tsm report raced with another writer; retry")
     return outblob, auxblob
+
+
+def _check_privlevel_floor(entry: Path, privlevel: int) -> None:
+    if not (entry / "privlevel_floor").exists():
+        return
+    floor = _read(entry / "privlevel_floor", 64).decode("ascii", "replace").strip()
+    if not floor.isdigit():
+        raise KeySourceError(f"configfs-tsm privlevel_floor {floor!r} is not a number")
+    if int(floor) > privlevel:
+        raise KeySourceError(
+            f"this guest cannot ask for an SNP report at VMPL {privlevel} (configfs-tsm "
+            f"privlevel_floor is {floor}: it runs above VMPL {privlevel}, e.g. under an SVSM); "
+            "Trustee's SNP verifier accepts only VMPL 0 reports"
+        )
 
 
 class TdxAttester:
     tee = "tdx"
 
-    def __init__(self, root: Path, ccel_path: Path) -> None:
+    def __init__(self, root: Path, ccel_path: Path, aael_path: Path) -> None:
         self.root = root
         self.ccel_path = ccel_path
+        self.aael_path = aael_path
 
     def evidence(self, report_data: bytes) -> dict:
         quote, _ = tsm_report(self.root, report_data, "tdx_guest")
         check_tdx_quote(quote, report_data.ljust(REPORT_DATA_LEN, b"\0"))
-        eventlog = _read(self.ccel_path, MAX_EVENTLOG) if self.ccel_path.is_file() else None
+        eventlog = cc_eventlog(self.ccel_path, self.aael_path)
         return {
             "cc_eventlog": base64.b64encode(eventlog).decode("ascii") if eventlog else None,
             "quote": base64.b64encode(quote).decode("ascii"),
@@ -163,10 +195,15 @@ class SnpAttester:
         self.root = root
 
     def evidence(self, report_data: bytes) -> dict:
-        report, certs = tsm_report(self.root, report_data, "sev_guest")
+        report, certs = tsm_report(self.root, report_data, "sev_guest", privlevel=SNP_VMPL)
         parsed = snp_report_json(report)
         if bytes(parsed["report_data"]) != report_data.ljust(REPORT_DATA_LEN, b"\0"):
             raise KeySourceError("SNP report does not carry the requested report data")
+        if parsed["vmpl"] != SNP_VMPL:
+            raise KeySourceError(
+                f"the SNP report was made at VMPL {parsed['vmpl']}; Trustee's SNP verifier "
+                "accepts only VMPL 0 (it would refuse with 'VMPL Check Failed')"
+            )
         return {"attestation_report": parsed, "cert_chain": snp_cert_chain(certs) or None}
 
 
