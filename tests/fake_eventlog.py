@@ -20,8 +20,7 @@ import struct
 SHA384 = 0x000C
 # guest-components utils.rs EL_HEADER, byte for byte (69 bytes)
 REFERENCE_EL_HEADER = bytes.fromhex(
-    "0000000003000000" + "00" * 20 + "25000000" + "00" * 24 + "02000000" + "0c003000" + "12002000"
-    "00"
+    "0000000003000000" + "00" * 20 + "25000000" + "00" * 24 + "02000000" + "0c003000" + "1200200000"
 )
 
 
@@ -35,8 +34,10 @@ def spec_id_header(algorithms: list[tuple[int, int]]) -> bytes:
 def event(register: int, data: bytes, event_type: int = 0x80000001) -> bytes:
     """A crypto-agile event extending measurement register ``register`` with SHA-384(data)."""
     digest = hashlib.sha384(data).digest()
-    return struct.pack("<IIIH", register, event_type, 1, SHA384) + digest + (
-        struct.pack("<I", len(data)) + data
+    return (
+        struct.pack("<IIIH", register, event_type, 1, SHA384)
+        + digest
+        + (struct.pack("<I", len(data)) + data)
     )
 
 
@@ -47,13 +48,13 @@ def fake_ccel(events: list[bytes], slack: int = 4096) -> bytes:
 def replay(log: bytes) -> tuple[list[bytes], int]:
     """(RTMR0..3, number of events) as Trustee's parser and TDX verifier see ``log``."""
     index = 4
-    event_type, = struct.unpack_from("<I", log, index)
+    (event_type,) = struct.unpack_from("<I", log, index)
     index += 4 + 20
-    size, = struct.unpack_from("<I", log, index)
+    (size,) = struct.unpack_from("<I", log, index)
     index += 4
     sizes = {}
     if event_type == 3:
-        count, = struct.unpack_from("<I", log, index + 24)
+        (count,) = struct.unpack_from("<I", log, index + 24)
         for k in range(count):
             alg, length = struct.unpack_from("<HH", log, index + 28 + 4 * k)
             sizes[alg] = length
@@ -69,12 +70,12 @@ def replay(log: bytes) -> tuple[list[bytes], int]:
         register, _, count = struct.unpack_from("<III", log, index)
         index += 12
         for _ in range(count):
-            alg, = struct.unpack_from("<H", log, index)
+            (alg,) = struct.unpack_from("<H", log, index)
             digest = log[index + 2 : index + 2 + sizes[alg]]
             index += 2 + sizes[alg]
             if alg == SHA384 and 1 <= register <= 4:
                 rtmrs[register - 1] = hashlib.sha384(rtmrs[register - 1] + digest).digest()
-        data_size, = struct.unpack_from("<I", log, index)
+        (data_size,) = struct.unpack_from("<I", log, index)
         index += 4 + data_size
         seen += 1
 

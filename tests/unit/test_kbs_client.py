@@ -26,7 +26,7 @@ from cmlfs.keys.rcar import runtime_data_digest
 from cmlfs.keys.uri import key_source_from_uri
 from tests.kbs_helpers import ed25519_pair
 
-SETTINGS = KeySettings(attester="sample", insecure_http=True)
+SETTINGS = KeySettings(attester="sample", insecure_kbs_http=True)
 KEY = bytes(range(100, 132))
 PATH = "default/model/demo"
 AUTH = {"version": "0.4.0", "tee": "sample", "extra-params": ""}
@@ -54,7 +54,7 @@ class TdxNamedAttester(SampleAttester):
 @pytest.mark.parametrize("tee_key", ["ec", "rsa"])
 def test_release_through_the_uri(devkbs, tee_key):
     register_resource(kbs_uri(devkbs), KEY, SETTINGS)
-    settings = KeySettings(attester="sample", insecure_http=True, tee_key_type=tee_key)
+    settings = KeySettings(attester="sample", insecure_kbs_http=True, tee_key_type=tee_key)
     released = key_source_from_uri(kbs_uri(devkbs), settings).fetch_release()
     assert (released.key, released.manifest_sha256) == (KEY, None)
 

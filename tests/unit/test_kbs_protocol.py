@@ -15,6 +15,7 @@ from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import make_bundle, parse_resource
 from cmlfs.keys.kbs import TeeKeyPair, parse_kbs_uri
 from cmlfs.keys.rcar import b64url_decode, runtime_data_digest
+from cmlfs.keys.uri import key_source_from_uri
 
 # RFC 7517 appendix A.1 P-256 public key, with the alg the KBS expects.
 RFC7517_EC = {
@@ -230,8 +231,18 @@ def test_bad_kbs_uris(uri, message):
         parse_kbs_uri(uri, KeySettings())
 
 
-def test_kbs_uri_is_https_unless_insecure_http_is_asked():
+def test_kbs_uri_is_https_unless_plain_http_to_the_broker_is_asked():
     assert parse_kbs_uri("kbs://h:1/a/b/c", KeySettings()).base_url == "https://h:1"
-    assert (
-        parse_kbs_uri("kbs://h:1/a/b/c", KeySettings(insecure_http=True)).base_url == "http://h:1"
-    )
+    plain = KeySettings(insecure_kbs_http=True)
+    assert parse_kbs_uri("kbs://h:1/a/b/c", plain).base_url == "http://h:1"
+
+
+def test_only_a_verified_channel_vouches_for_the_key(tmp_path):
+    """A key over plain HTTP could be anyone's: the daemon needs --key-id to use it."""
+    plain = KeySettings(insecure_kbs_http=True)
+    assert key_source_from_uri("kbs://h:1/a/b/c", KeySettings()).authenticated
+    assert not key_source_from_uri("kbs://h:1/a/b/c", plain).authenticated
+    assert key_source_from_uri("cdh:///a/b/c", KeySettings()).authenticated
+    assert key_source_from_uri("cdh://127.0.0.1:8006/a/b/c", KeySettings()).authenticated
+    assert not key_source_from_uri("cdh://192.0.2.1:8006/a/b/c", plain).authenticated
+    assert key_source_from_uri(f"file://{tmp_path}/k", KeySettings()).authenticated
