@@ -5,6 +5,10 @@
 #   CMLFS_STORE   where the encrypted model is (http(s)://, s3://, oci://, a folder)   required
 #   CMLFS_MOUNT   the mountpoint: a subdirectory of the shared volume, never its root  required
 #   CMLFS_KEY_URI where the key comes from (kbs://..., cdh:///...); default: recorded in the model
+#   CMLFS_KEY_ID  the model's key id (--key-id): pins the mount to the owner's model; needed with
+#                 the recorded key URI and with a plain-HTTP broker
+#   CMLFS_KBS_CA  CA file of the key broker's TLS certificate (--kbs-ca); default: system store
+#   CMLFS_STORE_CA CA file of an https://, oci:// or s3:// store's certificate (--store-ca)
 #   CMLFS_HTTP    HOST:PORT of /healthz, /readyz, /metrics (e.g. 0.0.0.0:9100); default: none
 #   arguments     more `cmlfs mount` options, e.g. --attester tdx --kbs-ca /etc/cmlfs/ca.crt
 #
@@ -21,5 +25,8 @@ esac
 mkdir -p "$CMLFS_MOUNT"
 set -- mount "$CMLFS_STORE" "$CMLFS_MOUNT" --foreground --allow-other "$@"
 if [ -n "${CMLFS_KEY_URI:-}" ]; then set -- "$@" --key-uri "$CMLFS_KEY_URI"; fi
+if [ -n "${CMLFS_KEY_ID:-}" ]; then set -- "$@" --key-id "$CMLFS_KEY_ID"; fi
+if [ -n "${CMLFS_KBS_CA:-}" ]; then set -- "$@" --kbs-ca "$CMLFS_KBS_CA"; fi
+if [ -n "${CMLFS_STORE_CA:-}" ]; then set -- "$@" --store-ca "$CMLFS_STORE_CA"; fi
 if [ -n "${CMLFS_HTTP:-}" ]; then set -- "$@" --http "$CMLFS_HTTP"; fi
 exec cmlfs "$@"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cmlfs.format.keys import key_id
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import force_unmount, run_cli, tree_digests, write_sample_model
 from tests.deploy.conftest import ROOT, stop, wait_for
@@ -94,3 +95,73 @@ def test_systemd_unit_uses_no_mount_namespace():
         "BindPaths", "MountFlags", "RootDirectory",
     }  # fmt: skip
     assert not settings & hiding
+
+
+@pytest.mark.fuse
+def test_entrypoint_pins_the_key_id_and_refuses_another_model(tmp_path):
+    """CMLFS_KEY_ID becomes --key-id: with it the key URI recorded in the store is used, and a
+    store sealed for another key is refused (the unit and the image both run this script)."""
+    write_sample_model(tmp_path / "src")
+    key = tmp_path / "model.key"
+    run_cli("keygen", "--out", key)
+    store = tmp_path / "store"
+    run_cli("encrypt", tmp_path / "src", store, "--key-file", key, "--key-uri", f"file://{key}")
+    mnt = tmp_path / "volume" / "model"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CMLFS_STORE": str(store),
+        "CMLFS_MOUNT": str(mnt),
+        "CMLFS_KEY_ID": key_id(os.urandom(32)),
+    }
+    refused = subprocess.run(
+        ["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0 and "not the pinned" in refused.stderr
+    assert mount_entry(mnt) is None
+    env["CMLFS_KEY_ID"] = key_id(key.read_bytes())
+    process = subprocess.Popen(["sh", str(ENTRYPOINT)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: mount_entry(mnt) is not None, what="the mount")
+        assert tree_digests(mnt) == tree_digests(tmp_path / "src")
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        stop(process, signal.SIGKILL)
+        force_unmount(mnt)
+
+
+def test_entrypoint_passes_key_id_and_both_ca_files(tmp_path):
+    """The environment the unit's env file and the chart set, as cmlfs options."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "cmlfs"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "CMLFS_STORE": "oci://registry.example/m:v1",
+        "CMLFS_MOUNT": str(tmp_path / "volume" / "model"),
+        "CMLFS_KEY_ID": "0123456789abcdef0123456789abcdef",
+        "CMLFS_KBS_CA": "/etc/cmlfs/kbs-ca.pem",
+        "CMLFS_STORE_CA": "/etc/cmlfs/store-ca.pem",
+    }
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "--attester", "tdx"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    argv = result.stdout.splitlines()
+    pairs = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    assert pairs["--key-id"] == env["CMLFS_KEY_ID"]
+    assert pairs["--kbs-ca"] == env["CMLFS_KBS_CA"]
+    assert pairs["--store-ca"] == env["CMLFS_STORE_CA"]
+    assert pairs["--attester"] == "tdx"
+
+
+def test_systemd_unit_documents_the_key_id_and_the_ca_files():
+    header = UNIT.read_text().split("[Unit]")[0]
+    for variable in ("CMLFS_KEY_ID", "CMLFS_KBS_CA", "CMLFS_STORE_CA"):
+        assert variable in header and variable in ENTRYPOINT.read_text()

@@ -1,5 +1,6 @@
 """The Helm chart: lint, render for K8s 1.29 and 1.33, strict schema validation, pod shape."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from tests.deploy.conftest import CHART, ROOT, kubernetes_validate, tool
 KUBE_VERSIONS = ["1.29.0", "1.33.0"]
 EXAMPLES = ["vllm-values.yaml", "tgi-values.yaml", "tei-values.yaml"]
 STORE = "https://models.example/m"
+KEY_ID = "0123456789abcdef0123456789abcdef"
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,6 +55,13 @@ VARIANTS = {
     "sidecar": ["cmlfs.enabled=true", f"cmlfs.store={STORE}"],
     "plain-sidecar": ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.nativeSidecar=false"],
     "tdx-pvc": ["tdxEnabled=true", "global.modelUsePVC=models"],
+    "in-container-accepted": [
+        "cmlfs.enabled=true",
+        f"cmlfs.store={STORE}",
+        "cmlfs.mode=in-container",
+        "command={vllm,serve}",
+        "cmlfs.acceptPrivilegedServer=true",
+    ],
     **{name.removesuffix("-values.yaml"): [name] for name in EXAMPLES},
 }
 
@@ -195,6 +204,81 @@ def test_in_container_mode_wraps_the_server_command_without_propagation():
     assert server["securityContext"]["privileged"] is True
 
 
+def test_in_container_mode_renders_only_with_a_confidential_runtime_or_an_explicit_yes():
+    """The server container mounts FUSE itself, so it runs privileged: on a normal node that is
+    a privileged model server, which the operator must say they accept."""
+    base = ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container"]
+    base += ["command={vllm,serve}", "cmlfs.keyId=" + KEY_ID]
+    refused = helm("template", "t", str(CHART), *(f"--set={v}" for v in base), check=False)
+    assert refused.returncode != 0
+    assert "tdxEnabled=true or runtimeClassName" in refused.stderr
+    assert "cmlfs.acceptPrivilegedServer=true" in refused.stderr
+    for choice in ("tdxEnabled=true", "runtimeClassName=kata-qemu-snp"):
+        (server,) = pod(*base, choice)["containers"]
+        assert server["securityContext"]["privileged"] is True and server["command"][0] == "cmlfs"
+    accepted = pod(*base, "cmlfs.acceptPrivilegedServer=true")
+    assert "runtimeClassName" not in accepted
+    assert accepted["containers"][0]["securityContext"]["privileged"] is True
+    # sidecar mode: the cmlfs container is the privileged one, never the server
+    sidecar = pod("cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyId=" + KEY_ID)
+    assert sidecar["initContainers"][0]["securityContext"]["privileged"] is True
+    assert "privileged" not in sidecar["containers"][0]["securityContext"]
+
+
+def test_key_id_pins_the_mount_in_both_modes():
+    for values in ("vllm-values.yaml", "tgi-values.yaml"):
+        spec = pod(values, "cmlfs.keyId=" + KEY_ID)
+        container = (spec.get("initContainers") or spec["containers"])[0]
+        flags = container.get("args") or container["command"]
+        assert f"--key-id={KEY_ID}" in flags
+        if "--" in flags:
+            assert flags.index(f"--key-id={KEY_ID}") < flags.index(
+                "--"
+            )  # cmlfs's, not the server's
+    unpinned = pod(f"cmlfs.store={STORE}", "cmlfs.enabled=true")["initContainers"][0]["args"]
+    assert not any(flag.startswith("--key-id") for flag in unpinned)
+
+
+def notes(*values: str, tmp_path: Path) -> str:
+    """NOTES.txt as `helm install` prints it (`helm template` renders no NOTES): a copy of the
+    chart renders the same file through `tpl` into a ConfigMap."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
+    )
+    return render(*values, chart=chart)["ConfigMap"]["data"]["notes"]
+
+
+@pytest.mark.parametrize(
+    ("values", "warned"),
+    [
+        (["cmlfs.keyUri=kbs://kbs.example:8080/default/m/key"], "cmlfs.keyUri is set but"),
+        ([], "neither cmlfs.keyUri nor cmlfs.keyId is set"),
+        (["cmlfs.keyUri=kbs://kbs.example:8080/default/m/key", "cmlfs.keyId=" + KEY_ID], None),
+        (["cmlfs.keyId=" + KEY_ID], None),
+    ],
+)
+def test_an_unpinned_key_uri_is_warned_about_in_notes_and_the_rendered_manifest(
+    values, warned, tmp_path
+):
+    values = ["cmlfs.enabled=true", f"cmlfs.store={STORE}", *values]
+    rendered, printed = template(*values), notes(*values, tmp_path=tmp_path)
+    if warned is None:
+        assert "WARNING" not in rendered and "WARNING" not in printed
+    else:
+        assert f"WARNING: {warned}" in printed and f"# WARNING: {warned}" in rendered
+        assert "cmlfs.keyId" in printed
+
+
+def test_the_schema_says_why_the_key_id_pin_matters():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    described = schema["properties"]["cmlfs"]["properties"]["keyId"]["description"]
+    assert "not authenticated" in described and "plain-HTTP" in described
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -209,9 +293,23 @@ def test_in_container_mode_wraps_the_server_command_without_propagation():
             ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.vtpm.metadataUrl=https://x/y"],
             "metadataUrl",
         ),
+        (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyId=ABC"], "keyId"),
         (
             ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container", "args=null"],
             "needs the server's full command",
+        ),
+        (
+            ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container"],
+            "in-container runs the model server container privileged",
+        ),
+        (
+            [
+                "cmlfs.enabled=true",
+                f"cmlfs.store={STORE}",
+                "cmlfs.mode=in-container",
+                "cmlfs.acceptPrivilegedServer=yes",
+            ],
+            "acceptPrivilegedServer",
         ),
         (
             [

@@ -90,6 +90,9 @@ becomes:
 - --metadata-url={{ . }}
 {{- end }}
 {{- end }}
+{{- with $c.keyId }}
+- --key-id={{ . }}
+{{- end }}
 {{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
 - --{{ .flag }}=/etc/cmlfs/{{ .flag }}/{{ .key }}
 {{- end }}
@@ -260,10 +263,17 @@ exec:
   {{- end }}
 {{- end -}}
 
-{{/* In-container mode: the server's command wrapped by `cmlfs run`. Needs "command". */}}
+{{/* In-container mode: the server's command wrapped by `cmlfs run`. Needs "command". The
+     server container mounts FUSE itself, so it runs privileged: refused unless the pod runs
+     in a confidential VM (tdxEnabled or runtimeClassName, OPEA style, where privileged is
+     scoped to the VM) or cmlfs.acceptPrivilegedServer says the operator accepts it. */}}
 {{- define "cmlfs-lib.runCommand" -}}
 {{- if not .command }}
 {{- fail "cmlfs.mode: in-container needs the server's full command (command and args) in values" }}
+{{- end -}}
+{{- $v := .root.Values -}}
+{{- if not (or $v.tdxEnabled $v.runtimeClassName .cmlfs.acceptPrivilegedServer) }}
+{{- fail "cmlfs.mode: in-container runs the model server container privileged (it mounts FUSE); on a normal node that is a privileged model server. Select a confidential runtime (tdxEnabled=true or runtimeClassName) or set cmlfs.acceptPrivilegedServer=true" }}
 {{- end -}}
 - cmlfs
 - run
