@@ -94,14 +94,14 @@ def main() -> None:
         step("3. a model key, the encrypted store, and the key registered with the broker")
         cmlfs("keygen", "--out", key)
         cmlfs("encrypt", src, store, "--key-file", key, "--model-name", "demo",
-              "--key-uri", uri, "--register", "--insecure-http")  # fmt: skip
+              "--key-uri", uri, "--register", "--insecure-kbs-http")  # fmt: skip
         public = cmlfs("inspect", store)
         key_id = next(line.split()[-1] for line in public.splitlines() if line.startswith("key id"))
         key.unlink()
         print(f"  (the serving side never sees {key.name}: it was deleted after registering)")
         step("4. mount on the serving side: attest, receive the key, mount")
         mnt.mkdir()
-        attest = ["--attester", "sample", "--insecure-http", "--key-id", key_id]
+        attest = ["--attester", "sample", "--insecure-kbs-http", "--key-id", key_id]
         cmlfs("mount", store, mnt, *attest)
         try:
             step("5. read every file through the mount and compare with the source")
@@ -118,7 +118,7 @@ def main() -> None:
         step("7. the owner changes the release policy to deny: the next mount is refused")
         (work / "deny.json").write_text('{"default": "deny"}\n')
         cmlfs("key", "policy", f"kbs://{address}", "--policy-file", work / "deny.json",
-              "--insecure-http")  # fmt: skip
+              "--insecure-kbs-http")  # fmt: skip
         refused = cmlfs_refused("mount", store, mnt, *attest)
     finally:
         broker.terminate()

@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if getattr(args, "attester", None) == "sample":
+        print(
+            "cmlfs: warning: --attester sample proves nothing (any machine can make its "
+            "evidence); development and tests only",
+            file=sys.stderr,
+        )
     try:
         return args.func(args)
     except CmlfsError as exc:

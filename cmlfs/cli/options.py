@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from cmlfs.cli import argtypes
 from cmlfs.daemon.settings import MountSettings
 from cmlfs.errors import CmlfsError, StoreError
-from cmlfs.keys import FileKeySource, KeySettings, KeySource, key_source_from_uri
+from cmlfs.keys import KeySettings, KeySource, key_file_source, key_source_from_uri
 from cmlfs.keys.attesters import ATTESTERS
 from cmlfs.stores.base import StoreSettings, parse_header
 
@@ -25,15 +25,36 @@ if TYPE_CHECKING:
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
-# --- --insecure-http: shared by the key broker and the network stores -----------------------
+# --- plain HTTP: one switch for stores and registries, another for key brokers ---------------
 
 
 def add_insecure_http(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure-http",
         action="store_true",
-        help="allow plain HTTP to the key broker and registries, and credentials over http://",
+        help="allow plain HTTP to registries, and credentials over http:// to stores; never "
+        "to a key broker (that is --insecure-kbs-http)",
     )
+
+
+def _add_insecure_kbs_http(parser: Parser) -> None:
+    parser.add_argument(
+        "--insecure-kbs-http",
+        action="store_true",
+        help="allow plain HTTP (no TLS) to kbs:// key brokers and to cdh:// data hubs off "
+        "loopback. Anyone on that path can play the broker and hand out a key of their own, "
+        "so a mount uses such a key only for a model pinned with --key-id",
+    )
+
+
+class _RenamedForBrokers(argparse.Action):
+    """``--insecure-http`` on a command that only talks to a key broker: its old meaning."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error("--insecure-http no longer reaches key brokers: give --insecure-kbs-http")
 
 
 # --- key options: where the model key comes from and how it is released ----------------------
@@ -119,6 +140,7 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         help="the CoCo data hub behind kbs:///... and cdh:///... key URIs (default: "
         f"$CDH_ADDR as KServe reads it, else {KeySettings.cdh_address})",
     )
+    _add_insecure_kbs_http(keys)
 
 
 def key_settings(args: argparse.Namespace) -> KeySettings:
@@ -126,7 +148,7 @@ def key_settings(args: argparse.Namespace) -> KeySettings:
     return KeySettings(
         attester=args.attester,
         kbs_ca=args.kbs_ca,
-        insecure_http=args.insecure_http,
+        insecure_kbs_http=args.insecure_kbs_http,
         tee_key_type=args.tee_key,
         tsm_report_root=args.tsm_root,
         cdh_address=args.cdh_address,
@@ -139,7 +161,7 @@ def key_settings(args: argparse.Namespace) -> KeySettings:
 def key_source(args: argparse.Namespace) -> KeySource | None:
     """The key source the options name; None: the key URI recorded in the model."""
     if args.key_file is not None:
-        return FileKeySource(args.key_file)
+        return key_file_source(args.key_file, key_settings(args))
     if args.key_uri is not None:
         return key_source_from_uri(args.key_uri, key_settings(args))
     return None
@@ -150,7 +172,9 @@ def _add_kbs_ca(parser: Parser) -> None:
         "--kbs-ca",
         type=Path,
         metavar="FILE",
-        help="CA certificate(s) that sign the key broker's TLS certificate (default: system CAs)",
+        help="CA certificate(s) that sign the key broker's TLS certificate (default: the "
+        "system trust store, OpenSSL's default CA file, on Debian "
+        "/etc/ssl/certs/ca-certificates.crt from update-ca-certificates; never certifi)",
     )
 
 
@@ -158,8 +182,8 @@ def _add_kbs_ca(parser: Parser) -> None:
 
 
 def add_broker_admin_options(parser: argparse.ArgumentParser) -> None:
-    """``--admin-key`` (with its ``iss``/``aud``), ``--kbs-ca`` and ``--insecure-http`` of
-    commands that write to a broker."""
+    """``--admin-key`` (with its ``iss``/``aud``), ``--kbs-ca`` and ``--insecure-kbs-http`` of
+    commands that write to a broker; ``--insecure-http`` there is refused with the new name."""
     parser.add_argument(
         "--admin-key",
         type=Path,
@@ -179,7 +203,8 @@ def add_broker_admin_options(parser: argparse.ArgumentParser) -> None:
         "entry names an audience",
     )
     _add_kbs_ca(parser)
-    add_insecure_http(parser)
+    _add_insecure_kbs_http(parser)
+    parser.add_argument("--insecure-http", action=_RenamedForBrokers)
 
 
 def broker_admin_identity(args: argparse.Namespace) -> "AdminIdentity | None":
@@ -195,7 +220,7 @@ def broker_admin_identity(args: argparse.Namespace) -> "AdminIdentity | None":
 
 def broker_admin_settings(args: argparse.Namespace) -> KeySettings:
     """KeySettings from ``add_broker_admin_options``: TLS to the broker, no attestation."""
-    return KeySettings(kbs_ca=args.kbs_ca, insecure_http=args.insecure_http)
+    return KeySettings(kbs_ca=args.kbs_ca, insecure_kbs_http=args.insecure_kbs_http)
 
 
 # --- store options: how network stores are reached -------------------------------------------

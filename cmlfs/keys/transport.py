@@ -71,7 +71,10 @@ def send(
             allow_redirects=False,
         )
     except requests.exceptions.SSLError as exc:
-        raise KeySourceError(f"TLS failure talking to {_origin(url)}: {_reason(exc)}") from None
+        raise KeySourceError(
+            f"TLS failure talking to {_origin(url)}: {_reason(exc)} (a private CA goes in "
+            "--kbs-ca; a broker without TLS needs --insecure-kbs-http and --key-id)"
+        ) from None
     except requests.exceptions.ConnectTimeout:
         raise UnreachableError(f"cannot reach {_origin(url)}: connection timed out") from None
     except requests.exceptions.Timeout:

@@ -43,13 +43,13 @@ class DevKbsProcess:
 
     def client_args(self) -> list[str]:
         """The CLI options a client needs for this broker (sample attester, transport)."""
-        transport = ["--kbs-ca", str(self.ca)] if self.ca else ["--insecure-http"]
+        transport = ["--kbs-ca", str(self.ca)] if self.ca else ["--insecure-kbs-http"]
         return ["--attester", "sample", *transport]
 
     def set_policy(self, policy: dict, folder: Path) -> None:
         path = folder / "policy.json"
         path.write_text(json.dumps(policy))
-        transport = ["--kbs-ca", str(self.ca)] if self.ca else ["--insecure-http"]
+        transport = ["--kbs-ca", str(self.ca)] if self.ca else ["--insecure-kbs-http"]
         run_cli("key", "policy", f"kbs://{self.address}", "--policy-file", path, *transport)
 
 

@@ -25,9 +25,14 @@ from tests.kbs_helpers import ed25519_pair
 pytestmark = pytest.mark.fuse
 
 
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the CLI's warnings (e.g. the one --attester sample always prints)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("cmlfs: warning:")]
+
+
 def assert_refused(result: subprocess.CompletedProcess, mountpoint: Path, *needles: str) -> None:
     assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cmlfs: error: ")
     for needle in needles:
@@ -42,12 +47,15 @@ def try_mount(store: Path, mountpoint: Path, *args: str | os.PathLike):
 
 def publish(kbs: DevKbsProcess, src: Path, store: Path, key_file: Path) -> Path:
     """Encrypt ``src`` with its key URI on ``kbs`` and register a key bundle pinning it."""
-    transport = ["--kbs-ca", str(kbs.ca)] if kbs.ca else ["--insecure-http"]
+    transport = ["--kbs-ca", str(kbs.ca)] if kbs.ca else ["--insecure-kbs-http"]
     run_cli(
         "encrypt", src, store, "--key-file", key_file, "--key-uri", kbs.uri(), "--register",
         *transport,
     )  # fmt: skip
     return store
+
+
+SAMPLE_PLAIN_HTTP = ("--attester", "sample", "--insecure-kbs-http")
 
 
 def pin(key_file: Path) -> list[str]:
@@ -146,15 +154,15 @@ def test_a_different_manifest_than_the_pinned_one_is_refused(
     result = try_mount(store2, tmp_path / "mnt", *dev_kbs.client_args(), *pin(key_file))
     assert_refused(result, tmp_path / "mnt", "not the one the released key bundle pins")
     # registering the raw key (no pin) releases it for any manifest sealed with it
-    run_cli("key", "register", dev_kbs.uri(), "--key-file", key_file, "--insecure-http")
+    run_cli("key", "register", dev_kbs.uri(), "--key-file", key_file, "--insecure-kbs-http")
     with mounted(store2, tmp_path / "mnt", *dev_kbs.client_args(), *pin(key_file)) as mnt:
         assert tree_digests(mnt) == tree_digests(other)
 
 
 def test_missing_and_malformed_resources(dev_kbs, encrypted_model, tmp_path):
-    _, _, store, _ = encrypted_model
+    _, _, store, key_file = encrypted_model
     mnt = tmp_path / "mnt"
-    args = dev_kbs.client_args()
+    args = [*dev_kbs.client_args(), *pin(key_file)]
     result = try_mount(store, mnt, "--key-uri", dev_kbs.uri("default/model/absent"), *args)
     assert_refused(result, mnt, "PluginInternalError", "no such resource")
     short = dev_kbs.repository / "default" / "model" / "short"
@@ -168,10 +176,10 @@ def test_missing_and_malformed_resources(dev_kbs, encrypted_model, tmp_path):
 
 
 def test_unreachable_broker(encrypted_model, tmp_path):
-    _, _, store, _ = encrypted_model
+    _, _, store, key_file = encrypted_model
     uri = f"kbs://127.0.0.1:{free_port()}/default/model/demo"
     result = try_mount(
-        store, tmp_path / "mnt", "--key-uri", uri, "--attester", "sample", "--insecure-http"
+        store, tmp_path / "mnt", "--key-uri", uri, *SAMPLE_PLAIN_HTTP, *pin(key_file)
     )
     assert_refused(result, tmp_path / "mnt", "cannot reach http://127.0.0.1:")
 
@@ -220,10 +228,10 @@ VERSION_MISMATCH = kbs_error(
     ],
 )
 def test_misbehaving_broker(hostile_kbs, encrypted_model, tmp_path, script, needle):
-    _, _, store, _ = encrypted_model
+    _, _, store, key_file = encrypted_model
     uri = script(hostile_kbs)
     result = try_mount(
-        store, tmp_path / "mnt", "--key-uri", uri, "--attester", "sample", "--insecure-http"
+        store, tmp_path / "mnt", "--key-uri", uri, *SAMPLE_PLAIN_HTTP, *pin(key_file)
     )
     assert_refused(result, tmp_path / "mnt", needle)
 
@@ -233,14 +241,14 @@ def test_a_valid_jwe_from_the_hostile_broker_still_needs_the_right_key(
 ):
     _, contents, store, key_file = encrypted_model
     uri = hostile_kbs.answer_resource("a/b/c", lambda h: h.jwe_to_client(key_file.read_bytes()))
-    args = ["--key-uri", uri, "--attester", "sample", "--insecure-http"]
+    args = ["--key-uri", uri, *SAMPLE_PLAIN_HTTP, *pin(key_file)]
     with mounted(store, tmp_path / "mnt", *args) as mnt:
         assert (mnt / "config.json").read_bytes() == contents["config.json"]
 
 
 def test_no_tee_means_no_release_without_asking_for_sample(dev_kbs, encrypted_model, tmp_path):
-    _, _, store, _ = encrypted_model
-    uri = ["--key-uri", dev_kbs.uri(), "--insecure-http"]
+    _, _, store, key_file = encrypted_model
+    uri = ["--key-uri", dev_kbs.uri(), "--insecure-kbs-http", *pin(key_file)]
     result = try_mount(store, tmp_path / "mnt", *uri, "--tsm-root", tmp_path / "no-configfs")
     assert_refused(result, tmp_path / "mnt", "configfs-tsm is not available")
     fake = tmp_path / "tsm"
@@ -376,13 +384,19 @@ def test_register_needs_a_kbs_uri_and_an_admin_key_when_configured(
     kbs = start_dev_kbs(tmp_path / "kbs", "--admin-public-key", str(admin_public))
     try:
         result = run_cli(
-            "key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http", check=False
+            "key",
+            "register",
+            kbs.uri(),
+            "--key-file",
+            key_file,
+            "--insecure-kbs-http",
+            check=False,
         )
         # Trustee answers a refused admin token on a plugin path as AdminAuthInitialization
         assert result.returncode != 0 and "AdminAuthInitialization" in result.stderr
         assert "refused the admin request" in result.stderr
         run_cli(
-            "key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http",
+            "key", "register", kbs.uri(), "--key-file", key_file, "--insecure-kbs-http",
             "--admin-key", admin,
         )  # fmt: skip
         assert (kbs.repository / "default/model/demo").read_bytes() == key_file.read_bytes()

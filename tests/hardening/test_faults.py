@@ -12,9 +12,11 @@ import time
 
 import pytest
 
+from cmlfs.format.keys import key_id
 from cmlfs.mountpoint import mount_entry, mount_is_dead
 from tests.conftest import daemon_pid, force_unmount, mounted, run_cli
 from tests.e2e.stores_servers import free_port
+from tests.e2e.test_key_release import error_lines
 from tests.hardening.stress import StressReport, run_stress
 
 pytestmark = [pytest.mark.fuse, pytest.mark.hardening]
@@ -78,7 +80,7 @@ def test_store_faults_during_stress_give_eio_never_wrong_bytes(
 
 
 def test_a_key_broker_that_is_down_refuses_the_mount_with_one_line(encrypted_model, tmp_path):
-    _, _, store, _ = encrypted_model
+    _, _, store, key_file = encrypted_model
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     uri = f"kbs://127.0.0.1:{free_port()}/default/model/demo"
@@ -91,12 +93,14 @@ def test_a_key_broker_that_is_down_refuses_the_mount_with_one_line(encrypted_mod
         uri,
         "--attester",
         "sample",
-        "--insecure-http",
+        "--insecure-kbs-http",
+        "--key-id",
+        key_id(key_file.read_bytes()),
         check=False,
     )
     try:
         assert result.returncode == 1
-        lines = result.stderr.strip().splitlines()
+        lines = error_lines(result.stderr)
         assert (
             len(lines) == 1 and lines[0].startswith("cmlfs: error: ") and "cannot reach" in lines[0]
         )

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cmlfs.devkbs import DevKbs, DevKbsConfig, DevKbsError
 from cmlfs.errors import KeySourceError
-from cmlfs.keys.attesters import SampleAttester
+from cmlfs.keys.attesters import SampleAttester, TdxAttester
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import make_bundle
 from cmlfs.keys.kbs import (
@@ -24,6 +24,7 @@ from cmlfs.keys.kbs import (
 )
 from cmlfs.keys.rcar import runtime_data_digest
 from cmlfs.keys.uri import key_source_from_uri
+from tests.fake_eventlog import event
 from tests.kbs_helpers import ed25519_pair
 
 SETTINGS = KeySettings(attester="sample", insecure_kbs_http=True)
@@ -275,3 +276,15 @@ def test_unreachable_broker_is_retried_then_named(devkbs):
         pytest.raises(KeySourceError, match=r"cannot reach http://127\.0\.0\.1:\d+"),
     ):
         kbs_client.get_resource(PATH)
+
+
+@pytest.mark.fuse
+def test_attestation_over_trustees_body_limit_is_refused_here(devkbs, fake_tsm, tmp_path):
+    """Trustee refuses bodies above 2 MiB by default: a large TDX event log is named here."""
+    aael = tmp_path / "eventlog"
+    aael.write_bytes(event(4, b"x" * 4096) * 400)  # 1.6 MiB, 2.2 MB as base64
+    attester = TdxAttester(fake_tsm("tdx_guest"), tmp_path / "no-ccel", aael)
+    with client(devkbs, attester) as kbs_client, pytest.raises(KeySourceError) as refused:
+        kbs_client.handshake()
+    assert "over the 2 MiB a Trustee KBS accepts" in str(refused.value)
+    assert "event log" in str(refused.value)
