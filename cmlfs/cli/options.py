@@ -261,7 +261,8 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="CA certificate(s) that sign the store's TLS certificate: https:// stores, "
-        "registries and their token services, S3 endpoints (default: system CAs)",
+        "registries and their token services, S3 endpoints (default: $REQUESTS_CA_BUNDLE "
+        "or $AWS_CA_BUNDLE when set, else the bundles requests (certifi) and botocore carry)",
     )
     group.add_argument(
         "--store-timeout",
