@@ -112,6 +112,12 @@ def open_jwe_folder(
     released resource (raw bytes, a JWK, or a base64url ``k`` value)."""
     if key_source is None:
         raise KeySourceError("a JWE model folder records no key URI: give --key-file or --key-uri")
+    if not key_source.authenticated:
+        raise KeySourceError(
+            f"{key_source.describe()} is reached over plain HTTP, and a JWE model folder has no "
+            "key id to pin (--key-id): its key must come from a TLS broker, the data hub on "
+            "loopback or a key file"
+        )
     store = open_store(location, store_settings, files=True)
     listing = list_jwe_folder(store, show_plain)
     if not listing.jwe_files:

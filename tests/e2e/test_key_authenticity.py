@@ -149,3 +149,14 @@ def test_a_private_ca_only_in_the_system_store_is_trusted(
     env = {name: value for name, value in os.environ.items() if name not in hidden}
     with mounted(store, tmp_path / "mnt", "--attester", "sample", *pin(key_file), env=env) as mnt:
         assert (mnt / "config.json").read_bytes() == (src / "config.json").read_bytes()
+
+
+def test_a_jwe_model_folder_never_takes_a_key_over_plain_http(hostile_kbs, tmp_path):
+    """A JWE folder has no key id to pin, so no plain-HTTP key source is accepted for it."""
+    folder = tmp_path / "jwe-folder"
+    folder.mkdir()
+    (folder / "config.json.jwe").write_text("eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0....")
+    uri = hostile_kbs.answer_resource("a/b/c", lambda h: h.jwe_to_client(bytes(32)))
+    result = try_mount(folder, tmp_path / "mnt", "--key-uri", uri, *PLAIN_BROKER)
+    assert_refused(result, tmp_path / "mnt", "no key id to pin")
+    assert hostile_kbs.requests == []

@@ -300,7 +300,7 @@ def test_mount_with_the_vtpm_attester_and_policy_by_tee(
         src, _ = sample_model
         store = publish(kbs, src, tmp_path / "store", key_file)
         attest = [
-            "--insecure-http", "--attester", f"az-{kind}-vtpm", "--tpm-tcti", settings.tpm_tcti,
+            "--insecure-kbs-http", "--attester", f"az-{kind}-vtpm", "--tpm-tcti", settings.tpm_tcti,
             "--metadata-url", metadata.url, "--vtpm-report-wait", "0", *pin(key_file),
         ]  # fmt: skip
         allow_this = {"effect": "allow", "tee": f"az-{kind}-vtpm", "resource": "default/*"}
