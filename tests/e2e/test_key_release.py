@@ -442,7 +442,7 @@ def test_dev_kbs_anywhere_and_admin_tokens_with_issuer_and_audience(tmp_path, ke
         "--admin-issuer", "idp", "--admin-audience", "kbs", host="0.0.0.0",
     )  # fmt: skip
     try:
-        register = ["key", "register", kbs.uri(), "--key-file", key_file, "--insecure-http"]
+        register = ["key", "register", kbs.uri(), "--key-file", key_file, "--insecure-kbs-http"]
         result = run_cli(*register, "--admin-key", admin, check=False)
         assert result.returncode == 1 and "Cannot verify token" in result.stderr
         assert "--admin-issuer" in result.stderr and result.stderr.count("\n") == 1

@@ -20,7 +20,7 @@ from cmlfs.keys.kbs import BrokerError, KbsClient, TeeKeyPair
 from cmlfs.keys.rcar import runtime_data_digest
 from tests.kbs_helpers import ed25519_pair
 
-SETTINGS = KeySettings(attester="sample", insecure_http=True)
+SETTINGS = KeySettings(attester="sample", insecure_kbs_http=True)
 PATH = "default/model/demo"
 KEY = bytes(range(50, 82))
 

@@ -37,7 +37,7 @@ from cmlfs.keys.rcar import TEE_TYPES
 from tests.e2e.kbs_servers import ScriptedServer, kbs_error
 
 ERRORS = "https://github.com/confidential-containers/kbs/errors/"
-SETTINGS = KeySettings(attester="sample", insecure_http=True)
+SETTINGS = KeySettings(attester="sample", insecure_kbs_http=True)
 PATH = "default/model/demo"
 KEY = bytes(range(7, 39))
 
@@ -322,7 +322,7 @@ def broker():
 
 
 def _handshake(server: RecordingBroker, tee_key: str = "ec") -> None:
-    settings = KeySettings(attester="sample", insecure_http=True, tee_key_type=tee_key)
+    settings = KeySettings(attester="sample", insecure_kbs_http=True, tee_key_type=tee_key)
     url = f"http://{server.address}"
     with KbsClient(url, SampleAttester(), settings, sleep=lambda s: None) as client:
         client.handshake()
