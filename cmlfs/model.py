@@ -20,6 +20,7 @@ from cmlfs.errors import FormatError, IntegrityError, KeySourceError
 from cmlfs.format.jwe import JWE_SUFFIX, key_from_resource
 from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
+from cmlfs.logfmt import quote
 from cmlfs.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_LEN,
@@ -72,7 +73,7 @@ def open_model(
                 "--key-id ID (its owner publishes it; cmlfs inspect shows it) or give --key-uri"
             )
         key_source = key_source_from_uri(envelope.key_uri, key_settings)
-        log.info("event=key_uri_from_store source=%r", key_source.describe())
+        log.info("event=key_uri_from_store source=%s", quote(key_source.describe()))
     if not key_source.authenticated and expected_key_id is None:
         raise KeySourceError(
             f"{key_source.describe()} is reached over plain HTTP, where anyone on the path can "

@@ -85,7 +85,7 @@ def test_the_broker_named_by_the_store_is_logged(dev_kbs, sample_model, key_file
     with mounted(store, tmp_path / "mnt", *args):
         pass
     text = log.read_text()
-    assert f"event=key_uri_from_store source='key broker {dev_kbs.uri()}'" in text
+    assert f'event=key_uri_from_store source="key broker {dev_kbs.uri()}"' in text
 
 
 def test_the_sample_attester_warns_on_the_clis_stderr(dev_kbs, sample_model, key_file, tmp_path):
