@@ -335,8 +335,10 @@ def test_jwe_folder_with_its_key_from_the_data_hub(cdh, tmp_path):
         assert (mnt / "model.safetensors").read_bytes() == data
 
 
-def test_jwe_folder_with_its_key_from_a_kbs(dev_kbs, tmp_path):
-    """The KServe key resource (a JWK) released by a broker after attestation."""
+def test_jwe_folder_with_its_key_from_a_kbs(dev_kbs_tls, tmp_path):
+    """The KServe key resource (a JWK) released by a broker after attestation (over verified
+    TLS: a JWE folder has no key id to pin, so a plain-HTTP broker is refused for it)."""
+    dev_kbs = dev_kbs_tls
     key = jwk.JWK.generate(kty="oct", size=256)
     folder = tmp_path / "model"
     folder.mkdir()
