@@ -142,10 +142,11 @@ def cmlfs_refused(*args: object) -> str:
     print("$ cmlfs " + shlex.join(map(str, args)), flush=True)
     command = [Path(sys.executable).with_name("cmlfs"), *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    print("  " + result.stderr.strip(), flush=True)
+    print("  " + result.stderr.strip().replace("\n", "\n  "), flush=True)
     if result.returncode == 0:
         raise SystemExit("demo failed: a denied release still mounted")
-    return result.stderr.strip().removeprefix("cmlfs: error: ")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cmlfs: error: ")]
+    return errors[-1].removeprefix("cmlfs: error: ") if errors else result.stderr.strip()
 
 
 if __name__ == "__main__":
