@@ -31,7 +31,7 @@ from cmlfs.model import holds_cmlfs_model, open_jwe_folder, open_model
 from cmlfs.mountpoint import FS_TYPE, clear_stale_mount, mount_entry
 from cmlfs.reader import ModelReader
 from cmlfs.reader.jwe import JweListing, JweReader
-from cmlfs.reader.tuning import tuned_reader
+from cmlfs.reader.tuning import REMOTE_THREADS, tuned_reader
 from cmlfs.stores import LocalStore, Store
 from cmlfs.stores.diskcache import DiskCache
 
@@ -138,8 +138,12 @@ def _open_jwe_reader(settings: MountSettings) -> tuple[Store, JweListing, JweRea
     store, listing, key = open_jwe_folder(
         settings.store, settings.key_source, settings.store_settings, settings.show_plain
     )
+    # A folder is read inline (or as --threads says), as tuned_reader does; from a network
+    # store the kernel's readahead asks for several chunks at once, each one request.
     local = isinstance(store, LocalStore)
-    reader = JweReader(listing, store, key, settings.cache_bytes, inline=local)
+    inline = local if settings.threads is None else settings.threads == 0
+    threads = settings.threads or REMOTE_THREADS
+    reader = JweReader(listing, store, key, settings.cache_bytes, inline=inline, threads=threads)
     reader.authenticate_one()
     return store, listing, reader
 

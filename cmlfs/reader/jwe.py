@@ -199,6 +199,7 @@ class JweReader:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         authenticators: int = DEFAULT_AUTHENTICATORS,
         inline: bool = False,
+        threads: int = 2,
     ) -> None:
         self.listing = listing
         self.store = store
@@ -216,7 +217,7 @@ class JweReader:
         # background passes (bounded by ``_background``), up to READ_PASSES more at once;
         # each pass holds one request's text and a chunk of scratch (about 9 MiB).
         self._passes = trio.CapacityLimiter(authenticators + READ_PASSES)
-        self._limiter = trio.CapacityLimiter(max(authenticators, 2))
+        self._limiter = trio.CapacityLimiter(threads)  # chunk fetches at once, unless inline
         self._started = False
 
     @property
