@@ -172,7 +172,7 @@ def test_ciphertext_changed_after_authentication_reads_eio(jwe_model, tmp_path):
 
 
 def test_mount_refused_when_nothing_authenticates(jwe_model, tmp_path):
-    folder, _, _ = jwe_model
+    folder, _, key = jwe_model
     wrong = tmp_path / "wrong.jwk"
     wrong.write_text(jwk.JWK.generate(kty="oct", size=256).export())
     mnt = tmp_path / "mnt"
@@ -186,6 +186,11 @@ def test_mount_refused_when_nothing_authenticates(jwe_model, tmp_path):
     (plain / "config.json").write_text("{}")
     result = run_cli("mount", plain, mnt, "--key-file", wrong, check=False)
     assert result.returncode != 0 and "neither a cmlfs model nor a JWE file" in result.stderr
+    good = key_forms(tmp_path, key)["jwk"]
+    for option in (("--workers", "2"), ("--key-id", "0" * 32)):
+        result = run_cli("mount", folder, mnt, "--key-file", good, *option, check=False)
+        assert result.returncode != 0 and "served by one process" in result.stderr, option
+    assert mount_entry(mnt) is None
 
 
 def test_import_round_trip_keeps_the_key(jwe_model, tmp_path):
