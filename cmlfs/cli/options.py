@@ -82,8 +82,8 @@ def add_key_options(parser: argparse.ArgumentParser, required: bool) -> None:
         type=argtypes.key_id,
         metavar="ID",
         help="the model's key id as published by its owner (32 hex digits, shown by "
-        "cmlfs inspect); required to use the key URI recorded in the store, and always "
-        "checked when given",
+        "cmlfs inspect); required to use the key URI recorded in the store or a key that "
+        "comes over plain HTTP (--insecure-kbs-http), and always checked when given",
     )
     keys = parser.add_argument_group("key release (kbs://, cdh://)")
     keys.add_argument(
