@@ -55,8 +55,10 @@ def is_jwe_name(name: str) -> bool:
 
 
 def served_name(name: str) -> str:
-    """The name a JWE file is served under: without its ``.jwe`` suffix."""
-    return name[: -len(JWE_SUFFIX)] if is_jwe_name(name) else name
+    """The name a JWE file is served under: without its ``.jwe`` suffix (a file named just
+    ``.jwe`` keeps it: nothing would be left)."""
+    base = name.rpartition("/")[2]
+    return name[: -len(JWE_SUFFIX)] if is_jwe_name(name) and len(base) > len(JWE_SUFFIX) else name
 
 
 def b64url_decode(text: bytes, what: str) -> bytes:

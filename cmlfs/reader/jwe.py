@@ -96,18 +96,26 @@ def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
         raise StoreError(f"{store.describe()} holds more than {MAX_FILES} files")
     now = time.time_ns()
     files: dict[str, JweEntry] = {}
+    clashes: set[str] = set()
     for name in names:
         entry = _entry(store, name, show_plain, now)
-        if entry is None:
+        if entry is None or entry.path in clashes:
             continue
-        other = files.get(entry.path)
-        if other is not None and (other.plain or not entry.plain):
+        other = files.setdefault(entry.path, entry)
+        if other is entry:
+            continue
+        if other.plain != entry.plain:  # the JWE file is served, never the unchecked one
+            skipped, files[entry.path] = (other, entry) if other.plain else (entry, other)
+            log.warning(
+                'event=file_skipped path=%s reason="a JWE file serves this name"',
+                quote(skipped.name),
+            )
+        else:  # two JWE files (x.jwe and x starting with eyJ): neither is served
+            del files[entry.path]
+            clashes.add(entry.path)
             log.warning(
                 'event=file_skipped path=%s reason="two files serve this name"', quote(entry.path)
             )
-            files.pop(entry.path)
-        elif other is None:
-            files[entry.path] = entry
     folders = {""}
     for path in files:
         parts = path.split("/")
