@@ -25,11 +25,11 @@ def verify_model(
     )
 
     async def check_all() -> None:
-        for index, entry in enumerate(manifest.files):
-            await reader.check(index)
+        for file_index, entry in enumerate(manifest.files):
+            await reader.check(file_index)
             digest = hashlib.sha256()
             for offset in range(0, entry.size, STEP):
-                data = await reader.read(index, offset, STEP)
+                data = await reader.read(file_index, offset, STEP)
                 digest.update(data)
                 progress(len(data))
             if not hmac.compare_digest(digest.hexdigest(), entry.sha256):

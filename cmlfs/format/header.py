@@ -161,9 +161,9 @@ class BlobOpener:
             raise IntegrityError(f"chunk {index}: authentication failed") from None
 
     def open_span(
-        self, first: int, last: int, data: bytes | memoryview, leaves: bytes | None = None
+        self, chunks: range, data: bytes | memoryview, leaves: bytes | None = None
     ) -> "OpenedSpan":
-        """Open the records of chunks ``first..last`` from one contiguous read of them.
+        """Open the records of ``chunks`` (consecutive) from one contiguous read of them.
 
         The plaintexts land in one buffer, in order, each decrypted straight into
         place. A record that fails (its hash differs from its leaf in ``leaves``, the
@@ -172,7 +172,8 @@ class BlobOpener:
         ``failures``, so that its intact neighbours stay usable.
         """
         layout = self.layout
-        _, length = layout.records_span(first, last)
+        _, length = layout.records_span(chunks)
+        first, last = chunks.start, chunks.stop - 1
         if len(data) != length:
             raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
         self._check_leaves(leaves)
@@ -183,7 +184,7 @@ class BlobOpener:
         records = memoryview(data)
         open_into, digest = self._cipher.open_into, self._header_digest
         failures: dict[int, IntegrityError] = {}
-        for position, index in enumerate(range(first, last + 1)):
+        for position, index in enumerate(chunks):
             at, start = position * size, position * stride
             is_last = index == final
             record = records[start:] if is_last else records[start : start + stride]

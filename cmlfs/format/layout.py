@@ -74,11 +74,11 @@ class ChunkLayout:
     def record_len(self, index: int) -> int:
         return self.chunk_len(index) + RECORD_OVERHEAD
 
-    def records_span(self, first: int, last: int) -> tuple[int, int]:
-        """Blob (offset, length) covering the records of chunks ``first..last`` inclusive."""
-        if first > last:
-            raise ValueError(f"empty chunk span {first}..{last}")
-        start = self.record_offset(first)
+    def records_span(self, chunks: range) -> tuple[int, int]:
+        """Blob (offset, length) covering the records of ``chunks`` (consecutive, not empty)."""
+        if not chunks or chunks.step != 1:
+            raise ValueError(f"not a run of chunks: {chunks}")
+        start, last = self.record_offset(chunks.start), chunks.stop - 1
         return start, self.record_offset(last) + self.record_len(last) - start
 
     def chunks_for_range(self, offset: int, length: int) -> range:

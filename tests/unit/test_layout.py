@@ -97,14 +97,14 @@ def test_chunks_for_range_refuses_negative_values(offset: int, length: int):
 
 def test_records_span_covers_consecutive_records_exactly():
     layout = ChunkLayout(C, 3 * C + 5)
-    assert layout.records_span(0, 0) == (88, 4124)
-    assert layout.records_span(0, 3) == (88, layout.blob_size - HEADER_LEN)
-    assert layout.records_span(1, 2) == (88 + 4124, 2 * 4124)
-    assert layout.records_span(3, 3) == (88 + 3 * 4124, 33)
+    assert layout.records_span(range(0, 1)) == (88, 4124)
+    assert layout.records_span(range(0, 4)) == (88, layout.blob_size - HEADER_LEN)
+    assert layout.records_span(range(1, 3)) == (88 + 4124, 2 * 4124)
+    assert layout.records_span(range(3, 4)) == (88 + 3 * 4124, 33)
     with pytest.raises(ValueError):
-        layout.records_span(2, 1)
+        layout.records_span(range(2, 2))
     with pytest.raises(IndexError):
-        layout.records_span(0, 4)
+        layout.records_span(range(0, 5))
 
 
 @pytest.mark.parametrize("log2", [12, 16, 22])
@@ -162,7 +162,7 @@ def test_records_tile_the_blob_without_gaps(log2: int, size: int, data: st.DataO
     layout = ChunkLayout(1 << log2, size)
     first = data.draw(st.integers(0, layout.n_chunks - 1))
     last = data.draw(st.integers(first, layout.n_chunks - 1))
-    offset, length = layout.records_span(first, last)
+    offset, length = layout.records_span(range(first, last + 1))
     assert offset == HEADER_LEN + first * layout.record_stride
     plaintext = min(size, (last + 1) * layout.chunk_size) - first * layout.chunk_size
     assert length == plaintext + (last - first + 1) * RECORD_OVERHEAD
