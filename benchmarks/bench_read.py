@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -32,13 +31,14 @@ from benchmarks.lib import (
     GIB,
     MIB,
     Measurement,
+    Peak,
     cmlfs_command,
     cmlfs_mount,
     drop_caches,
     gocryptfs_init,
     gocryptfs_mount,
     plain_mount,
-    pss,
+    pss_of,
     read_sequential,
     report,
     run,
@@ -213,7 +213,7 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
                 with open(root / FILE, "rb") as f:
                     f.read(MIB)
                 latency.add(label, time.perf_counter() - start)
-                with Peak(list(serving_pids(ws.mnt))) as peak:
+                with Peak(pss_of(list(serving_pids(ws.mnt)))) as peak:
                     read_sequential(root / FILE)
             memory.add(label, peak.value / MIB)
 
@@ -232,34 +232,6 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
         "cache included); RAM disk: plaintext bytes in tmpfs"
     )
     return [latency, memory]
-
-
-class Peak:
-    """Samples the summed PSS of some processes every 10 ms while open; keeps the maximum."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.value = self._sample()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Peak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(0.01):
-            try:
-                self.value = max(self.value, self._sample())
-            except OSError:
-                return
-
-    def _sample(self) -> int:
-        return sum(pss(pid) for pid in self.pids)
 
 
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {

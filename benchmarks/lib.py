@@ -10,6 +10,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,6 +127,37 @@ def pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+class Peak:
+    """Calls ``sample`` every 10 ms while open and keeps the largest value (e.g. bytes of
+    memory); a sample that raises OSError (a process gone) ends the sampling."""
+
+    def __init__(self, sample: Callable[[], int]) -> None:
+        self.sample = sample
+        self.value = sample()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Peak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.01):
+            try:
+                self.value = max(self.value, self.sample())
+            except OSError:
+                return
+
+
+def pss_of(pids: list[int]) -> Callable[[], int]:
+    """A sample function: the summed PSS of ``pids``."""
+    return lambda: sum(pss(pid) for pid in pids)
 
 
 @dataclass

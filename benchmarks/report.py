@@ -7,7 +7,8 @@ below it (analysis, profiles) are kept.
 import json
 from pathlib import Path
 
-from benchmarks.lib import RESULTS_DIR, ROOT, Measurement
+from benchmarks.lib import GIB, RESULTS_DIR, ROOT, Measurement
+from cmlfs.units import parse_size
 
 MARKER = "<!-- notes -->"
 
@@ -124,6 +125,34 @@ TARGETS = [
 ]
 
 
+SERVE_APPROACHES = ("cmlfs", "cmlfs-2w", "ramdisk", "disk", "plaintext")
+CACHE_MIB = 64  # the default --cache-size
+
+
+def serve_targets(measurements: list[Measurement]) -> list[tuple]:
+    """Issue 20's serve-ready targets for every model measured: cmlfs ready before both
+    decrypt-first approaches, its memory within the cache budget + 100 MiB."""
+    targets = []
+    for m in measurements:
+        if not m.scenario.startswith("serve-ready "):
+            continue
+        model = m.scenario.removeprefix("serve-ready ")
+        for baseline, label in (("ramdisk", "RAM disk first"), ("disk", "disk first")):
+            text = f"serve-ready cmlfs <= 1.0x {label} ({model})"
+            targets.append((m.scenario, "cmlfs", baseline, 1.0, False, text))
+        targets.append(
+            (
+                f"serve-memory {model}",
+                "cmlfs",
+                None,
+                CACHE_MIB + 100,
+                False,
+                f"serve-ready memory cmlfs <= cache + 100 MiB ({model})",
+            )
+        )
+    return targets
+
+
 def load() -> tuple[list[Measurement], list[dict]]:
     measurements, runs = [], []
     for path in sorted(RESULTS_DIR.glob("*.json")):
@@ -135,7 +164,9 @@ def load() -> tuple[list[Measurement], list[dict]]:
 
 def targets_table(by_scenario: dict[str, Measurement]) -> list[str]:
     rows = ["| target | measured | met |", "|---|---|---|"]
-    for scenario, variant, baseline, ratio, higher, text in TARGETS:
+    for scenario, variant, baseline, ratio, higher, text in TARGETS + serve_targets(
+        list(by_scenario.values())
+    ):
         m = by_scenario.get(scenario)
         if m is None or variant not in m.samples or (baseline and baseline not in m.samples):
             rows.append(f"| {text} | not measured | - |")
@@ -172,6 +203,60 @@ def plot(measurements: list[Measurement], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_serve_ready(measurements: list[Measurement], path: Path) -> bool:
+    """Time and memory against model size (synthetic models), one line per approach, and
+    the real models' times; False when nothing was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_scenario = {m.scenario: m for m in measurements}
+    synthetic = sorted(
+        (parse_size(s.removeprefix("serve-ready synthetic-")), s.removeprefix("serve-ready "))
+        for s in by_scenario
+        if s.startswith("serve-ready synthetic-")
+    )
+    real = [s.removeprefix("serve-ready ") for s in by_scenario if s.startswith("serve-ready ")]
+    real = [name for name in real if not name.startswith("synthetic-")]
+    if not synthetic and not real:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, quantity, unit in (
+        (axes[0], "serve-ready", "seconds to the first answer"),
+        (axes[1], "serve-memory", "peak MiB (daemon PSS + RAM disk)"),
+    ):
+        for approach in SERVE_APPROACHES:
+            points = [
+                (size / GIB, by_scenario[f"{quantity} {name}"].median(approach))
+                for size, name in synthetic
+                if approach in by_scenario[f"{quantity} {name}"].samples
+            ]
+            if points:
+                style = ":" if approach == "plaintext" else "-"
+                ax.plot(*zip(*points, strict=True), style, marker="o", label=approach)
+        ax.set_xlabel("synthetic safetensors model, GiB")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{quantity} (medians)")
+        ax.legend()
+    width = 0.8 / len(SERVE_APPROACHES)
+    for i, approach in enumerate(SERVE_APPROACHES):
+        values = [
+            by_scenario[f"serve-ready {name}"].median(approach)
+            if approach in by_scenario[f"serve-ready {name}"].samples
+            else 0
+            for name in real
+        ]
+        axes[2].bar([x + i * width for x in range(len(real))], values, width, label=approach)
+    axes[2].set_xticks([x + 0.4 - width / 2 for x in range(len(real))], real, rotation=15)
+    axes[2].set_ylabel("seconds to the first answer")
+    axes[2].set_title("serve-ready, real models (medians)")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def main() -> None:
     measurements, runs = load()
     by_scenario = {m.scenario: m for m in measurements}
@@ -196,7 +281,10 @@ def main() -> None:
     lines += ["| scenario | variant | median | vs baseline | samples |", "|---|---|---|---|---|"]
     for m in measurements:
         lines += m.lines()
-    lines += ["", "![throughput](throughput.png)", "", MARKER]
+    lines += ["", "![throughput](throughput.png)", ""]
+    if plot_serve_ready(measurements, ROOT / "serve_ready.png"):
+        lines += ["![serve-ready](serve_ready.png)", ""]
+    lines += [MARKER]
     results.write_text("\n".join(lines) + (notes or "\n"))
     plot(measurements, ROOT / "throughput.png")
     print(f"wrote {results} and {ROOT / 'throughput.png'}")
