@@ -90,7 +90,7 @@ def write_synthetic(folder: Path, size: int) -> None:
     small F16 vector, random bytes, the header padded to 8 bytes as safetensors writes it."""
     rows = max(1, min(LAYER_TENSOR[0], size // (4 * LAYER_TENSOR[1] * 2)))
     big, small = rows * LAYER_TENSOR[1] * 2, LAYER_TENSOR[1] * 2
-    layers = max(1, size // (big + small))
+    layers = -(-size // (big + small))  # rounded up: at least ``size`` bytes of tensors
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for layer in range(layers):
         for name, shape, length in (

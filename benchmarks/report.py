@@ -5,6 +5,7 @@ below it (analysis, profiles) are kept.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.lib import GIB, RESULTS_DIR, ROOT, Measurement
@@ -137,19 +138,12 @@ def serve_targets(measurements: list[Measurement]) -> list[tuple]:
         if not m.scenario.startswith("serve-ready "):
             continue
         model = m.scenario.removeprefix("serve-ready ")
-        for baseline, label in (("ramdisk", "RAM disk first"), ("disk", "disk first")):
-            text = f"serve-ready cmlfs <= 1.0x {label} ({model})"
-            targets.append((m.scenario, "cmlfs", baseline, 1.0, False, text))
-        targets.append(
-            (
-                f"serve-memory {model}",
-                "cmlfs",
-                None,
-                CACHE_MIB + 100,
-                False,
-                f"serve-ready memory cmlfs <= cache + 100 MiB ({model})",
-            )
-        )
+        for variant in ("cmlfs", "cmlfs-2w"):
+            for baseline, label in (("ramdisk", "RAM disk first"), ("disk", "disk first")):
+                text = f"serve-ready {variant} <= 1.0x {label} ({model})"
+                targets.append((m.scenario, variant, baseline, 1.0, False, text))
+            text = f"serve-ready memory {variant} <= cache + 100 MiB ({model})"
+            targets.append((f"serve-memory {model}", variant, None, CACHE_MIB + 100, False, text))
     return targets
 
 
@@ -257,6 +251,89 @@ def plot_serve_ready(measurements: list[Measurement], path: Path) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class ServeCosts:
+    """One synthetic model's per-GiB costs in one run, what the projection scales."""
+
+    size: float  # GiB
+    t0: float  # cmlfs's mount: interpreter, imports, key, manifest (independent of size)
+    decrypt: float  # daemon CPU seconds per GiB: one core's cost of serving it
+    loader: float  # the loader's seconds per GiB from plaintext
+    from_ram: float  # the loader's seconds per GiB from the RAM disk
+
+    def project(self, cores: int, efficiency: float, disk: float) -> tuple[float, float]:
+        """(cmlfs, RAM disk first) serve-ready seconds with ``cores`` workers, the store's
+        disk reading ``disk`` seconds per GiB (the plaintext load already includes it)."""
+        decrypt = max(self.decrypt / (cores * efficiency), disk)
+        return (
+            self.t0 + self.size * max(self.loader, decrypt),
+            self.t0 + self.size * (decrypt + self.from_ram),
+        )
+
+
+def serve_costs(by_scenario: dict[str, Measurement], model: str) -> ServeCosts | None:
+    ready = by_scenario[f"serve-ready {model}"]
+    prepare = by_scenario[f"serve-prepare {model}"]
+    if not {"cmlfs", "ramdisk", "plaintext"} <= set(ready.samples):
+        return None
+    size = parse_size(model.removeprefix("synthetic-")) / GIB
+    return ServeCosts(
+        size,
+        prepare.median("cmlfs"),
+        by_scenario[f"serve-daemon-cpu {model}"].median("cmlfs") / size,
+        ready.median("plaintext") / size,
+        (ready.median("ramdisk") - prepare.median("ramdisk")) / size,
+    )
+
+
+def projection_table(by_scenario: dict[str, Measurement], cores: int = 16) -> list[str]:
+    """Serve-ready of the synthetic models projected to ``cores`` cores from this run's
+    per-core costs (the method is in RESULTS.md's notes, "Scaling with cores"); each row
+    also projects 2 cores, to set beside what was measured here."""
+    seq = by_scenario.get("seq-cold")
+    efficiency, source = 1.0, "ideal: no seq-cold run with workers"
+    if seq and {"cmlfs-gcm-siv", "cmlfs-gcm-siv-2w"} <= set(seq.samples):
+        efficiency = seq.median("cmlfs-gcm-siv-2w") / seq.median("cmlfs-gcm-siv") / 2
+        source = "seq-cold cmlfs-gcm-siv-2w / cmlfs-gcm-siv / 2"
+    disk, disk_source = 0.0, "not measured: taken as no limit"
+    if seq and "plain" in seq.samples:
+        disk = GIB / 1e6 / seq.median("plain")
+        disk_source = f"seq-cold plain, {seq.median('plain'):.0f} MB/s"
+    rows = []
+    models = [s.removeprefix("serve-ready ") for s in by_scenario]
+    models = [m for m in models if m.startswith("synthetic-")]
+    for model in sorted(models, key=lambda m: parse_size(m.removeprefix("synthetic-"))):
+        costs = serve_costs(by_scenario, model)
+        if costs is None:
+            continue
+        ready = by_scenario[f"serve-ready {model}"]
+        measured = " / ".join(
+            f"{ready.median(v):.2f}" if v in ready.samples else "-" for v in ("cmlfs-2w", "ramdisk")
+        )
+        two, many = costs.project(2, efficiency, disk), costs.project(cores, efficiency, disk)
+        rows.append(
+            f"| {model} | {costs.t0:.2f} | {costs.decrypt:.2f} | {costs.loader:.2f} | "
+            f"{costs.from_ram:.2f} | {two[0]:.2f} / {two[1]:.2f} | {measured} | "
+            f"{many[0]:.2f} / {many[1]:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"## Serve-ready projected to {cores} cores (a projection, not a measurement)",
+        "",
+        f"Second-worker efficiency e = {efficiency:.2f} ({source}); the store's disk D = "
+        f"{disk:.2f} s/GiB ({disk_source}). Seconds; t0 = cmlfs's mount, c = daemon CPU s/GiB,",
+        "L = plaintext load s/GiB, L_ram = load from the RAM disk s/GiB, S = GiB; cmlfs ~",
+        "t0 + S max(L, c/(n e), D), RAM disk first ~ t0 + S (max(c/(n e), D) + L_ram).",
+        "",
+        "| model | t0 | c | L | L_ram | 2 cores projected: cmlfs / RAM disk | 2 cores measured: "
+        f"cmlfs-2w / RAM disk | {cores} cores projected: cmlfs / RAM disk |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def main() -> None:
     measurements, runs = load()
     by_scenario = {m.scenario: m for m in measurements}
@@ -277,7 +354,8 @@ def main() -> None:
     ]
     for run in runs:
         lines.append(f"- `{run['command']}` — {run['when']}, {run['machine']}")
-    lines += ["", "## Targets", "", *targets_table(by_scenario), "", "## All measurements", ""]
+    lines += ["", "## Targets", "", *targets_table(by_scenario), ""]
+    lines += [*projection_table(by_scenario), "## All measurements", ""]
     lines += ["| scenario | variant | median | vs baseline | samples |", "|---|---|---|---|---|"]
     for m in measurements:
         lines += m.lines()
