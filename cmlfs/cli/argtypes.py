@@ -6,9 +6,13 @@ and the CLI only converts ``ValueError`` into argparse's one-line usage error.
 
 import argparse
 import re
+from pathlib import Path
 
+from cmlfs.errors import CmlfsError
 from cmlfs.format.aead import Algorithm
 from cmlfs.format.layout import chunk_size_log2
+from cmlfs.manifest import version_order
+from cmlfs.signature import PublisherKey, load_publisher_key
 from cmlfs.units import parse_size
 
 
@@ -32,6 +36,22 @@ def algorithm(text: str) -> Algorithm:
     try:
         return Algorithm.from_label(text)
     except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def model_version(text: str) -> str:
+    """A version ``--min-model-version`` can order (cmlfs.manifest.version_order)."""
+    try:
+        version_order(text)
+    except CmlfsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def publisher_key(text: str) -> PublisherKey:
+    try:
+        return load_publisher_key(Path(text))
+    except CmlfsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 

@@ -313,13 +313,39 @@ def _default_registry_auth_file() -> Path | None:
     return docker if docker.is_file() else None
 
 
+# --- trust options: whose model, and how new, a mount or verify accepts ----------------------
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """``--trust-publisher`` (a PublisherKey) and ``--min-model-version``: ``open_model``'s
+    ``publisher`` and ``min_version``, as MountSettings carries them."""
+    group = parser.add_argument_group("publisher and version")
+    group.add_argument(
+        "--trust-publisher",
+        type=argtypes.publisher_key,
+        metavar="PUBLIC.pem",
+        help="accept only a format 2 store whose signature (model.sig, OpenSSF model signing, "
+        "written by cmlfs sign or model_signing sign key) is by this EC public key and lists "
+        "the store's manifest; checked before the key is asked for, without reading the blobs",
+    )
+    group.add_argument(
+        "--min-model-version",
+        type=argtypes.model_version,
+        metavar="VERSION",
+        help="refuse a model whose sealed version (cmlfs encrypt --model-version) is older: "
+        "dotted numbers compared part by part (1.2 = 1.2.0 < 1.10 < 2); a model whose version "
+        "is not a dotted number is refused",
+    )
+
+
 # --- mount options: shared by ``mount`` and ``run`` ------------------------------------------
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
-    """Options of ``mount`` that ``run`` shares: key, store, cache, status server."""
+    """Options of ``mount`` that ``run`` shares: key, trust, store, cache, status server."""
     add_key_options(p, required=False)
     add_insecure_http(p)
+    add_trust_options(p)
     p.add_argument(
         "--cache-size",
         type=argtypes.size,
@@ -412,6 +438,8 @@ def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path) -> Mo
         disk_cache_bytes=args.disk_cache_size,
         key_settings=key_settings(args),
         expected_key_id=args.key_id,
+        publisher=args.trust_publisher,
+        min_version=args.min_model_version,
         status=status,
         show_plain=args.show_plain_files,
     )

@@ -21,6 +21,8 @@ from cmlfs.stores.base import (
     StoreSettings,
     check_file_name,
     check_name,
+    content_addressed,
+    is_object_name,
 )
 from cmlfs.stores.http import POOL_SIZE, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
@@ -42,7 +44,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 class S3Store(RangedStore):
-    """Objects ``PREFIX/manifest.cmlfs`` and ``PREFIX/blobs/<sha256>`` in one bucket."""
+    """Objects ``PREFIX/manifest.cmlfs``, ``PREFIX/blobs/<sha256>`` and ``PREFIX/model.sig``
+    in one bucket."""
 
     def __init__(self, url: str, settings: StoreSettings, files: bool = False) -> None:
         super().__init__()
@@ -86,14 +89,14 @@ class S3Store(RangedStore):
         listed = self._retry.call("list", collect)
         if self.files:
             return sorted(n for n in listed if not n.endswith("/"))  # not folder markers
-        return sorted(n for n in listed if n == "manifest.cmlfs" or n.startswith("blobs/"))
+        return sorted(n for n in listed if is_object_name(n))
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
         if self.files:
             raise StoreError(f"{self.describe()} is read as a folder of files; it takes no objects")
         size = source.stat().st_size
         key = self._key(name)
-        if name != "manifest.cmlfs" and self._present(name, size):
+        if content_addressed(name) and self._present(name, size):
             progress(size)
             return False
 

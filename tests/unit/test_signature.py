@@ -1,0 +1,241 @@
+"""Publisher signatures (cmlfs.signature) and model version order (cmlfs.manifest).
+
+Bundles are made by cmlfs.signature.sign_folder and by model_signing's own API, and checked
+by each; tampered and hostile bundles are built from a good one field by field.
+"""
+
+import base64
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key as generate_rsa
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+from model_signing import hashing, signing, verifying
+
+from cmlfs.errors import FormatError
+from cmlfs.manifest import version_order
+from cmlfs.signature import (
+    MAX_SIGNATURE_LEN,
+    SIGNATURE_NAME,
+    SignatureError,
+    SigningError,
+    load_publisher_key,
+    sign_folder,
+    signed_digests,
+    signer_of,
+    signing_key_fingerprint,
+)
+from cmlfs.stores.base import check_name, content_addressed
+from tests.signing_helpers import der_fingerprint, ec_pair
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    (root / "blobs").mkdir(parents=True)
+    (root / "manifest.cmlfs").write_bytes(b"sealed manifest bytes")
+    (root / "blobs" / ("ab" * 32)).write_bytes(b"blob " * 1000)
+    return root
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
+    return {name: ec_pair(tmp_path, name) for name in ("publisher", "other")}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_signed_digests_list_every_file_by_its_sha256(folder, keys):
+    private, public = keys["publisher"]
+    assert sign_folder(folder, private) == der_fingerprint(public)
+    digests = signed_digests((folder / SIGNATURE_NAME).read_bytes(), load_publisher_key(public))
+    assert digests == {
+        "manifest.cmlfs": sha256(folder / "manifest.cmlfs"),
+        "blobs/" + "ab" * 32: sha256(folder / "blobs" / ("ab" * 32)),
+    }
+
+
+def test_fingerprint_is_openssl_sha256_of_the_der(keys):
+    _, public = keys["publisher"]
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", str(public), "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert load_publisher_key(public).fingerprint == "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def test_model_signing_verifies_what_cmlfs_signs_and_the_other_way(folder, keys):
+    private, public = keys["publisher"]
+    sign_folder(folder, private)
+    verifying.Config().use_elliptic_key_verifier(public_key=public).verify(
+        folder, folder / SIGNATURE_NAME
+    )
+    (folder / SIGNATURE_NAME).unlink()
+    signing.Config().use_elliptic_key_signer(private_key=private).set_hashing_config(
+        hashing.Config().set_ignored_paths(paths=[SIGNATURE_NAME])
+    ).sign(folder, folder / SIGNATURE_NAME)
+    digests = signed_digests((folder / SIGNATURE_NAME).read_bytes(), load_publisher_key(public))
+    assert digests["manifest.cmlfs"] == sha256(folder / "manifest.cmlfs")
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_other_curves_sign_and_name_their_signer(folder, tmp_path, curve):
+    private, public = ec_pair(tmp_path, "big", curve)
+    sign_folder(folder, private)
+    data = (folder / SIGNATURE_NAME).read_bytes()
+    assert signer_of(data) == der_fingerprint(public)
+    assert "manifest.cmlfs" in signed_digests(data, load_publisher_key(public))
+
+
+def test_another_key_is_refused_naming_its_fingerprint(folder, keys):
+    sign_folder(folder, keys["other"][0])
+    trusted = load_publisher_key(keys["publisher"][1])
+    with pytest.raises(SignatureError) as refused:
+        signed_digests((folder / SIGNATURE_NAME).read_bytes(), trusted)
+    message = str(refused.value)
+    assert der_fingerprint(keys["other"][1]) in message
+    assert trusted.fingerprint in message and "\n" not in message
+
+
+def _bundle(folder: Path) -> dict:
+    return json.loads((folder / SIGNATURE_NAME).read_bytes())
+
+
+def _payload(bundle: dict) -> dict:
+    return json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+
+
+def _with_payload(bundle: dict, payload: dict) -> bytes:
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    return json.dumps(bundle).encode()
+
+
+def test_a_changed_digest_in_the_payload_fails_the_signature(folder, keys):
+    """A key holder who re-encrypts the model cannot list the new manifest's digest under
+    the publisher's signature: changing the payload breaks it."""
+    private, public = keys["publisher"]
+    sign_folder(folder, private)
+    bundle = _bundle(folder)
+    payload = _payload(bundle)
+    for resource in payload["predicate"]["resources"]:
+        if resource["name"] == "manifest.cmlfs":
+            resource["digest"] = "00" * 32
+    with pytest.raises(SignatureError, match="does not verify with the trusted publisher"):
+        signed_digests(_with_payload(bundle, payload), load_publisher_key(public))
+
+
+def test_flipped_bits_of_the_signature_value_are_refused(folder, keys):
+    private, public = keys["publisher"]
+    sign_folder(folder, private)
+    trusted = load_publisher_key(public)
+    bundle = _bundle(folder)
+    raw = bytearray(base64.b64decode(bundle["dsseEnvelope"]["signatures"][0]["sig"]))
+    for index in range(0, len(raw), 7):
+        flipped = bytearray(raw)
+        flipped[index] ^= 0x01
+        bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(flipped).decode()
+        with pytest.raises(SignatureError):
+            signed_digests(json.dumps(bundle).encode(), trusted)
+
+
+def _hostile(bundle: dict) -> list[tuple[str, bytes]]:
+    cases = [
+        ("not JSON", b"{not json"),
+        ("empty", b""),
+        ("truncated", json.dumps(bundle).encode()[:-40]),
+        ("a list", b"[]"),
+        ("deep nesting", b"[" * 100_000 + b"]" * 100_000),
+    ]
+    extra = json.loads(json.dumps(bundle))
+    extra["unexpected"] = 1
+    cases.append(("unknown field", json.dumps(extra).encode()))
+    media = json.loads(json.dumps(bundle))
+    media["mediaType"] = "application/vnd.dev.sigstore.bundle+json;version=0.1"
+    cases.append(("other media type", json.dumps(media).encode()))
+    no_hint = json.loads(json.dumps(bundle))
+    no_hint["verificationMaterial"]["publicKey"]["hint"] = ""
+    cases.append(("no key hint", json.dumps(no_hint).encode()))
+    two = json.loads(json.dumps(bundle))
+    two["dsseEnvelope"]["signatures"] *= 2
+    cases.append(("two signatures", json.dumps(two).encode()))
+    none = json.loads(json.dumps(bundle))
+    none["dsseEnvelope"]["signatures"] = []
+    cases.append(("no signature", json.dumps(none).encode()))
+    return cases
+
+
+def test_hostile_bundles_are_refused_with_a_signature_error(folder, keys):
+    private, public = keys["publisher"]
+    sign_folder(folder, private)
+    trusted = load_publisher_key(public)
+    for what, data in _hostile(_bundle(folder)):
+        with pytest.raises(SignatureError) as refused:
+            signed_digests(data, trusted)
+        assert "\n" not in str(refused.value), what
+
+
+def test_an_oversized_bundle_is_refused_before_parsing(keys):
+    with pytest.raises(SignatureError, match="larger than"):
+        signed_digests(b" " * (MAX_SIGNATURE_LEN + 1), load_publisher_key(keys["publisher"][1]))
+
+
+def test_unusable_keys_are_refused_with_one_line(tmp_path, keys):
+    rsa = tmp_path / "rsa.pem"
+    rsa.write_bytes(
+        generate_rsa(public_exponent=65537, key_size=2048).private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+        )
+    )
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"x")
+        )
+    )
+    with pytest.raises(SigningError, match="EC P-256"):
+        signing_key_fingerprint(rsa)
+    with pytest.raises(SigningError, match="encrypted"):
+        signing_key_fingerprint(encrypted)
+    with pytest.raises(SigningError, match="not a PEM public key"):
+        load_publisher_key(keys["publisher"][0])
+    with pytest.raises(SigningError, match="cannot read"):
+        load_publisher_key(tmp_path / "missing.pub")
+
+
+def test_the_signature_is_a_store_object_written_every_push():
+    assert check_name(SIGNATURE_NAME) == SIGNATURE_NAME
+    assert not content_addressed(SIGNATURE_NAME) and not content_addressed("manifest.cmlfs")
+    assert content_addressed("blobs/" + "ab" * 32)
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [("1", "2"), ("1.2", "1.10"), ("1.9.9", "2"), ("0.1", "0.1.1"), ("2024.12.7", "2024.12.10")],
+)
+def test_versions_order_part_by_part_as_integers(older, newer):
+    assert version_order(older) < version_order(newer)
+
+
+def test_trailing_zero_parts_are_equal():
+    assert version_order("1.2") == version_order("1.2.0") == version_order("1.2.0.0")
+    assert version_order("0") == version_order("0.0") == ()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "v1", "1.", ".1", "1..2", "1.2-rc1", " 1", "1 ", "١٢", "1" * 19, "1." * 16 + "1"]
+)
+def test_versions_that_are_not_dotted_numbers_are_refused(text):
+    with pytest.raises(FormatError, match="not a dotted number"):
+        version_order(text)
