@@ -107,11 +107,14 @@ def open_model(
     return store, manifest, release.key
 
 
-def check_publisher(store: Store, sealed: SealedManifest, publisher: PublisherKey) -> None:
+def check_publisher(
+    store: Store, sealed: SealedManifest, publisher: PublisherKey
+) -> dict[str, str]:
     """The sealed manifest is the one ``publisher`` signed, checked without reading
     a blob: the signature's listed digest of the manifest, whose format-2 hash roots bind
     every record the reader will fetch. A format 1 manifest binds records only through the
-    model key, which every key holder has, so it is refused."""
+    model key, which every key holder has, so it is refused. Returns every signed digest
+    (store name -> SHA-256 hex)."""
     where = f"{store.describe()}: {SIGNATURE_NAME}"
     if sealed.format_version < 2:
         raise SignatureError(
@@ -127,9 +130,10 @@ def check_publisher(store: Store, sealed: SealedManifest, publisher: PublisherKe
             "requires it"
         ) from None
     try:
-        signed = signed_digests(signature, publisher).get(MANIFEST_NAME)
+        digests = signed_digests(signature, publisher)
     except SignatureError as exc:
         raise SignatureError(f"{where}: {exc}") from None
+    signed = digests.get(MANIFEST_NAME)
     if signed is None:
         raise SignatureError(f"{where} does not list {MANIFEST_NAME}")
     if not hmac.compare_digest(signed, sealed.sha256):
@@ -137,6 +141,17 @@ def check_publisher(store: Store, sealed: SealedManifest, publisher: PublisherKe
             f"the manifest in {store.describe()} is not the one publisher "
             f"{publisher.fingerprint} signed (replaced or changed); refusing it"
         )
+    return digests
+
+
+def open_signed_store(
+    store_location: str, publisher: PublisherKey, store_settings: StoreSettings | None = None
+) -> tuple[Store, dict[str, str]]:
+    """A store whose manifest ``publisher`` signed (``check_publisher``), without its key:
+    the store and every signed digest, for checking each object whole (``cmlfs verify``)."""
+    store = open_store(store_location, store_settings)
+    sealed = SealedManifest.parse(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+    return store, check_publisher(store, sealed, publisher)
 
 
 def check_min_version(manifest: Manifest, min_version: str) -> None:

@@ -382,7 +382,9 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
         description="Authenticate every chunk and compare every file digest with the manifest "
         "(of a KServe JWE model folder: authenticate every JWE file). Exit 0 only when "
         "everything is intact; otherwise name the first bad file and chunk. With "
-        "--trust-publisher, first check the store's signature as a mount does.",
+        "--trust-publisher, first check the store's signature as a mount does; with "
+        "--trust-publisher and no key, check the signature and every object's SHA-256 "
+        "against the signed digests (as model_signing verify does, on any store kind).",
     )
     _add_stored_model(p)
     add_trust_options(p)
@@ -397,6 +399,8 @@ def verify(args: argparse.Namespace) -> int:
     disable_core_dumps()  # the key and every plaintext chunk are about to be in this process
     if not holds_cmlfs_model(args.store, store_settings(args)):
         return _verify_jwe(args)
+    if args.trust_publisher is not None and not (args.key_file or args.key_uri or args.key_id):
+        return _verify_signed(args)
     store, manifest, key = open_model(
         args.store,
         key_source(args),
@@ -410,6 +414,25 @@ def verify(args: argparse.Namespace) -> int:
     with _progress(total, "verifying") as progress:
         verify_model(manifest, store, key, progress)
     print(f"ok: {len(manifest.files)} files, {total} bytes authenticated and digests match")
+    return 0
+
+
+def _verify_signed(args: argparse.Namespace) -> int:
+    """Without a key: the signature, then every object's SHA-256 against its signed digest."""
+    from cmlfs.model import open_signed_store
+    from cmlfs.stores.base import is_object_name
+    from cmlfs.verify import verify_signed_objects
+
+    if args.min_model_version is not None:
+        raise CmlfsError("the model version is sealed: --min-model-version needs the key")
+    store, digests = open_signed_store(args.store, args.trust_publisher, store_settings(args))
+    total = sum(store.size(name) for name in digests if is_object_name(name))
+    with _progress(total, "hashing") as progress:
+        verify_signed_objects(store, digests, progress)
+    print(
+        f"ok: {len(digests)} objects match the digests signed by {args.trust_publisher.fingerprint}"
+        " (nothing decrypted: give the key to authenticate every chunk too)"
+    )
     return 0
 
 

@@ -240,6 +240,28 @@ def test_push_carries_the_signature_to_every_store_kind(
     assert der_fingerprint(attacker[1]) in line
 
 
+def test_verify_without_a_key_checks_every_object_against_the_signature(
+    signed_model, publisher, nginx, tmp_path
+):
+    """`cmlfs verify --trust-publisher` with no key hashes every signed object (from a folder
+    and over HTTP) and names the first that differs; the sealed version needs the key."""
+    *_, store, _ = signed_model
+    served = nginx.root / tmp_path.name
+    run_cli("push", store, served)
+    for where in (store, nginx.url(tmp_path.name)):
+        out = run_cli("verify", where, "--trust-publisher", publisher[1]).stdout
+        assert f"match the digests signed by {der_fingerprint(publisher[1])}" in out
+    blob = sorted((served / "blobs").iterdir())[-1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.write_bytes(bytes(data))
+    trust = ("--trust-publisher", publisher[1])
+    result = run_cli("verify", nginx.url(tmp_path.name), *trust, check=False)
+    assert result.returncode != 0 and f"blobs/{blob.name}: its SHA-256 differs" in result.stderr
+    result = run_cli("verify", store, *trust, "--min-model-version", "1", check=False)
+    assert result.returncode != 0 and "needs the key" in result.stderr
+
+
 def test_sign_refuses_a_folder_with_stray_files(encrypted_model, publisher):
     *_, store, _ = encrypted_model
     (store / "blobs" / ".leftover.partial").write_bytes(b"x")
