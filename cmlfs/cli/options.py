@@ -173,8 +173,9 @@ def _add_kbs_ca(parser: Parser) -> None:
         type=Path,
         metavar="FILE",
         help="CA certificate(s) that sign the key broker's TLS certificate (default: the "
-        "system trust store, OpenSSL's default CA file, on Debian "
-        "/etc/ssl/certs/ca-certificates.crt from update-ca-certificates; never certifi)",
+        "system trust store, OpenSSL's default CA file or else folder, on Debian "
+        "/etc/ssl/certs/ca-certificates.crt from update-ca-certificates; never certifi "
+        "and no CA variable of requests)",
     )
 
 
@@ -261,8 +262,10 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="CA certificate(s) that sign the store's TLS certificate: https:// stores, "
-        "registries and their token services, S3 endpoints (default: $REQUESTS_CA_BUNDLE "
-        "or $AWS_CA_BUNDLE when set, else the bundles requests (certifi) and botocore carry)",
+        "registries and their token services, S3 endpoints (default: the file "
+        "$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE names for https:// and oci://, $AWS_CA_BUNDLE "
+        "or the AWS profile's ca_bundle for s3://, else the system trust store as for --kbs-ca; "
+        "never certifi)",
     )
     group.add_argument(
         "--store-timeout",

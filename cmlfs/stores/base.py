@@ -16,6 +16,7 @@ from typing import Protocol
 
 from cmlfs.errors import StoreError
 from cmlfs.signature import SIGNATURE_NAME
+from cmlfs.tls import missing_store_text, system_ca_location
 
 _NAME = re.compile(rf"(manifest\.cmlfs|{re.escape(SIGNATURE_NAME)}|blobs/[0-9a-f]{{64}})")
 _MAX_FILE_NAME = 4096
@@ -46,17 +47,27 @@ class StoreSettings:
     timeout: float = 30.0  # seconds to connect, and of silence while reading a response
     attempts: int = 4  # tries per request before a read fails with EIO
     registry_auth_file: Path | None = None  # docker/podman auth.json for oci:// stores
-    ca_file: Path | None = None  # CA bundle for the store's TLS certificate; None: system CAs
+    ca_file: Path | None = None  # CA bundle for the store's TLS certificate (--store-ca)
 
     def ca_bundle(self) -> str | None:
-        """``verify`` for ``requests`` and boto3: the CA bundle, or None for their default
-        (system CAs, or a bundle their environment names). A missing file is refused here,
-        in one clear line, rather than deep in the TLS library at the first connection."""
+        """``verify`` for ``requests`` and boto3: the ``--store-ca`` file, or None when
+        none was given (then the file a CA variable of the library names, else
+        ``system_trust()``). A missing file is refused here, in one clear line, rather than
+        deep in the TLS library at the first connection."""
         if self.ca_file is None:
             return None
         if not self.ca_file.is_file():
             raise StoreError(f"CA file {self.ca_file} does not exist")
         return str(self.ca_file)
+
+
+def system_trust() -> str:
+    """The system trust store, the stores' default as it is the key broker's (not the
+    certifi bundle the HTTP libraries carry); StoreError when the system has none."""
+    location = system_ca_location()
+    if location is None:
+        raise StoreError(f"{missing_store_text()}: install ca-certificates or give --store-ca")
+    return location
 
 
 def check_name(name: str) -> str:

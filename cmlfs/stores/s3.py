@@ -23,6 +23,7 @@ from cmlfs.stores.base import (
     check_name,
     content_addressed,
     is_object_name,
+    system_trust,
 )
 from cmlfs.stores.http import POOL_SIZE, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
@@ -52,6 +53,7 @@ class S3Store(RangedStore):
         self.files = files  # any object under the prefix, as a folder of files (read-only)
         try:
             import boto3
+            import botocore.session
             from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError:
@@ -63,8 +65,11 @@ class S3Store(RangedStore):
             retries={"total_max_attempts": 1},
             max_pool_connections=POOL_SIZE,
         )
-        self._client = boto3.session.Session().client(
-            "s3", config=config, verify=settings.ca_bundle()
+        core = botocore.session.get_session()
+        # --store-ca, else $AWS_CA_BUNDLE or the profile's ca_bundle, else the system store
+        verify = settings.ca_bundle() or core.get_config_variable("ca_bundle") or system_trust()
+        self._client = boto3.session.Session(botocore_session=core).client(
+            "s3", config=config, verify=verify
         )
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK

@@ -5,7 +5,8 @@ The layers of DESIGN.md, lowest first: format < manifest < stores/keys < reader 
 daemon < cli, with these placed where they honestly belong:
 
 - base (below format): ``errors``, ``units``, ``logfmt``, the package's ``__init__`` (its version),
-  ``mountpoint`` (the mount table) and ``hardening`` (core dumps, memory locking) are
+  ``mountpoint`` (the mount table), ``hardening`` (core dumps, memory locking) and ``tls``
+  (where the system trust store is) are
   process-level helpers with no other cmlfs imports, used from several layers up.
 - signature (the OpenSSF model-signing bundle: signing a folder, checking a bundle with a
   public key) is pure format beside the manifest, which it does not import: the stores name
@@ -41,6 +42,7 @@ LAYERS = {
     "cmlfs.logfmt": ("base", 0),
     "cmlfs.mountpoint": ("base", 0),
     "cmlfs.hardening": ("base", 0),
+    "cmlfs.tls": ("base", 0),
     "cmlfs.format": ("format", 1),
     "cmlfs.manifest": ("manifest", 2),
     "cmlfs.signature": ("signature", 2),
