@@ -5,7 +5,7 @@ one AES-GCM tag over the whole file, so no byte of it may be trusted before ever
 ciphertext byte has been authenticated (``Authenticator``, one streaming pass that keeps
 no plaintext). Afterwards any range decrypts on its own: GCM's keystream is AES-CTR from
 counter block J0 + 1, so plaintext block ``b`` is ``AES(K, IV || uint32(2 + b))`` XOR
-ciphertext (``decrypt_range``). The base64url ciphertext is cut into chunks of
+ciphertext (``decrypt_chunk``). The base64url ciphertext is cut into chunks of
 ``CHUNK_CHARS`` characters (``CHUNK_BYTES`` ciphertext bytes, a whole number of AES
 blocks), the unit a reader fetches, checks against the digest recorded while
 authenticating (``ChunkDigests``), and decrypts.
@@ -40,7 +40,6 @@ TAG_LEN = 16
 AES_BLOCK = 16
 CHUNK_BYTES = 768 * 1024  # ciphertext bytes per chunk: a multiple of 3 and of 16
 CHUNK_CHARS = CHUNK_BYTES // 3 * 4  # 1 MiB of base64url text
-DIGEST_LEN = 16  # bytes recorded per chunk: a Poly1305 tag
 MAX_HEADER_CHARS = 8192
 MAX_KEY_CHARS = 1024
 HEAD_BYTES = MAX_HEADER_CHARS + MAX_KEY_CHARS + 64  # where the first three parts must lie
