@@ -5,12 +5,15 @@ by each; tampered and hostile bundles are built from a good one field by field.
 """
 
 import base64
+import datetime
 import hashlib
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key as generate_rsa
 from cryptography.hazmat.primitives.serialization import (
@@ -19,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+from cryptography.x509.oid import NameOID
 from model_signing import hashing, signing, verifying
 
 from cmlfs.errors import FormatError
@@ -184,6 +188,55 @@ def test_hostile_bundles_are_refused_with_a_signature_error(folder, keys):
         with pytest.raises(SignatureError) as refused:
             signed_digests(data, trusted)
         assert "\n" not in str(refused.value), what
+
+
+def _certificate(key, subject: str, issuer_key, issuer: str, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(not ca, False, False, False, False, ca, ca, False, False), critical=True
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def test_a_certificate_bundle_is_refused_as_naming_no_public_key(folder, keys, tmp_path):
+    """model_signing can sign with a certificate chain offline; cmlfs reads key bundles only
+    (its certificate verifier checks the chain at the leaf's notBefore and no identity), and
+    says so in one line rather than trusting a chain."""
+    ca_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    leaf = tmp_path / "leaf.crt"
+    leaf.write_bytes(
+        _certificate(leaf_key, "publisher", ca_key, "ca", ca=False).public_bytes(Encoding.PEM)
+    )
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(_certificate(ca_key, "ca", ca_key, "ca", ca=True).public_bytes(Encoding.PEM))
+    private = tmp_path / "leaf.pem"
+    private.write_bytes(leaf_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    signing.Config().use_certificate_signer(
+        private_key=private, signing_certificate=leaf, certificate_chain=[ca]
+    ).set_hashing_config(hashing.Config().set_ignored_paths(paths=[SIGNATURE_NAME])).sign(
+        folder, folder / SIGNATURE_NAME
+    )
+    verifying.Config().use_certificate_verifier(certificate_chain=[ca]).verify(
+        folder, folder / SIGNATURE_NAME
+    )  # a valid certificate bundle
+    with pytest.raises(SignatureError, match="names no public key") as refused:
+        signed_digests(
+            (folder / SIGNATURE_NAME).read_bytes(), load_publisher_key(keys["publisher"][1])
+        )
+    assert "\n" not in str(refused.value)
 
 
 def test_an_oversized_bundle_is_refused_before_parsing(keys):
