@@ -4,6 +4,7 @@ Every scenario runs its baselines in the same run, interleaved round by round,
 and reports medians and ratios (never absolute thresholds: this is not a test).
 """
 
+import argparse
 import json
 import os
 import platform
@@ -189,6 +190,22 @@ class Measurement:
                 f"{self.ratio(variant):.2f}x | {values} |"
             )
         return rows
+
+
+def bench_arguments(doc: str, size: int, rounds: int, work: str) -> argparse.ArgumentParser:
+    """A parser with the options of a one-file benchmark: --size, --rounds, --work, --no-save."""
+    from cmlfs.units import format_size, parse_size
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=parse_size, default=size, help=f"file size (default {format_size(size)})"
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds (default {rounds})")
+    parser.add_argument("--work", type=Path, default=Path(work), help=f"work folder ({work})")
+    parser.add_argument("--no-save", action="store_true", help="print only (the CI smoke run)")
+    return parser
 
 
 def save(name: str, measurements: list[Measurement], command: str) -> Path:
