@@ -185,6 +185,23 @@ def test_azure_vtpm_attester_and_its_addresses_reach_the_daemon():
     assert {f"--tpm-tcti={tcti}", f"--metadata-url={url}"} <= set(args["initContainers"][0]["args"])
 
 
+def test_a_vtpm_device_plugin_resource_is_requested_by_the_container_that_attests(tmp_path):
+    """cmlfs.vtpm.deviceResource: the sidecar, or in in-container mode the server container,
+    asks for one of the device plugin's vTPM resource, beside its other resources."""
+    device = "cmlfs.vtpm.deviceResource=example.com/tpmrm"
+    sidecar = pod("vllm-values.yaml", "cmlfs.attester=az-snp-vtpm", device)
+    resources = sidecar["initContainers"][0]["resources"]
+    assert resources["limits"] == {"example.com/tpmrm": 1, "memory": "2Gi"}
+    assert resources["requests"] == {"cpu": "1", "memory": "1536Mi"}
+    assert "example.com/tpmrm" not in str(by_name(sidecar["containers"], "server"))
+    server = pod("tgi-values.yaml", device, "resources.limits.cpu=4")["containers"][0]
+    assert server["resources"] == {"limits": {"cpu": 4, "example.com/tpmrm": 1}}
+    assert "resources" not in pod("tgi-values.yaml")["containers"][0]
+    rendered = tmp_path / "in-container.yaml"
+    rendered.write_text(template("tgi-values.yaml", device))
+    kubernetes_validate(rendered, "1.33.0")
+
+
 def test_a_trusted_publisher_key_is_mounted_and_passed_in_both_modes():
     """From a ConfigMap or a Secret, to the sidecar (vLLM) or the in-container server (TGI)."""
     for values in ("vllm-values.yaml", "tgi-values.yaml"):
@@ -330,6 +347,10 @@ def test_the_schema_says_why_the_key_id_pin_matters():
             "metadataUrl",
         ),
         (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyId=ABC"], "keyId"),
+        (
+            ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.vtpm.deviceResource=tpmrm0"],
+            "deviceResource",
+        ),
         (
             [
                 "cmlfs.enabled=true",

@@ -19,7 +19,8 @@ contain cmlfs (container/Dockerfile with BASE_IMAGE=<server image>) and its comm
 becomes:
   command: {{- include "cmlfs-lib.runCommand" (dict "cmlfs" .Values.cmlfs "root" $ "command" (concat .Values.command .Values.args)) | nindent 12 }}
   env: {{- include "cmlfs-lib.env" ... }}, volumeMounts: cmlfs-lib.credentialMounts and
-  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext.
+  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext, resources:
+  cmlfs-lib.attesterResources (dict "cmlfs" .Values.cmlfs "base" .Values.resources).
 */}}
 
 {{/* The FUSE mountpoint: a subdirectory of the shared volume, never its root. */}}
@@ -259,10 +260,22 @@ exec:
       mountPath: {{ $c.mountPath }}
       mountPropagation: Bidirectional
     {{- include "cmlfs-lib.credentialMounts" . | nindent 4 }}
-  {{- with $c.resources }}
+  {{- with include "cmlfs-lib.attesterResources" (dict "cmlfs" $c "base" $c.resources) | fromYaml }}
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/* Resources (YAML) of the container that attests: "base", plus one of the device plugin
+     resource cmlfs.vtpm.deviceResource names (the node's /dev/tpmrm0) when it is set. */}}
+{{- define "cmlfs-lib.attesterResources" -}}
+{{- $resources := deepCopy (.base | default dict) -}}
+{{- with (.cmlfs.vtpm | default dict).deviceResource }}
+{{- $limits := deepCopy ($resources.limits | default dict) -}}
+{{- $_ := set $limits . 1 -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
 {{- end -}}
 
 {{/* The model server's view of the shared volume: it sees the sidecar's mount, and a new
