@@ -151,10 +151,16 @@ def signed_digests(data: bytes, trusted: PublisherKey) -> dict[str, str]:
         )
     try:
         manifest = sign_ec_key.Verifier(trusted.path).verify(sign_sigstore_pb.Signature(bundle))
-    except (ValueError, KeyError, TypeError, InvalidSignature):
+    except InvalidSignature:
         raise SignatureError(
             f"the signature does not verify with the trusted publisher {trusted.fingerprint}: "
             "changed after signing, or forged"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        # raised once the signature verified (media type and key hint are checked above): the
+        # key vouches for who made the payload, not that it is a model-signing statement
+        raise SignatureError(
+            f"the payload signed by {trusted.fingerprint} is not a model-signing statement"
         ) from None
     if manifest.serialization_type.get("method") != "files":
         raise SignatureError("the signature lists file shards; sign whole files")

@@ -140,6 +140,38 @@ def test_a_changed_digest_in_the_payload_fails_the_signature(folder, keys):
         signed_digests(_with_payload(bundle, payload), load_publisher_key(public))
 
 
+def _signed_by(private: Path, bundle: dict, payload: bytes) -> bytes:
+    """``bundle`` carrying ``payload``, validly signed by ``private`` (DSSE PAE, ECDSA)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private.read_bytes(), None)
+    kind = b"application/vnd.in-toto+json"
+    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+    signature = key.sign(pae, ec.ECDSA(hashes.SHA256()))
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(payload).decode()
+    bundle["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(signature).decode()
+    return json.dumps(bundle).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b"[]",
+        b"not json",
+        b'{"_type": 1}',
+        "\u00e9".encode("latin-1"),
+    ],
+)
+def test_a_malformed_payload_signed_by_the_trusted_key_is_a_signature_error(folder, keys, payload):
+    """The trusted key vouches for who made the payload, not that it parses."""
+    private, public = keys["publisher"]
+    sign_folder(folder, private)
+    data = _signed_by(private, _bundle(folder), payload)
+    with pytest.raises(SignatureError, match="is not a model-signing statement"):
+        signed_digests(data, load_publisher_key(public))
+
+
 def test_flipped_bits_of_the_signature_value_are_refused(folder, keys):
     private, public = keys["publisher"]
     sign_folder(folder, private)
