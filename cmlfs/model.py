@@ -42,7 +42,7 @@ from cmlfs.signature import (
 from cmlfs.stores import Store, StoreSettings, open_store
 from cmlfs.stores.base import ObjectMissing
 
-log = logging.getLogger("cmlfs.model")
+log = logging.getLogger(__name__)
 
 
 def open_model(

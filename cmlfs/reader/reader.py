@@ -50,6 +50,7 @@ from cmlfs.format.hashlist import (
 )
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
+from cmlfs.logfmt import quote
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader import DEFAULT_CACHE_BYTES
 from cmlfs.reader.cache import ChunkCache, PlainSpan, SealedSpan, SingleFlight, Span
@@ -254,7 +255,7 @@ class ModelReader:
 
     def _log_failure(self, message: str, error: IntegrityError) -> None:
         if self._log_failures:
-            log.error(message, error)
+            log.error(message, quote(error))
 
     def _raise_failed(self, failures: dict[int, IntegrityError], chunk: int, end: int) -> None:
         """Raise the error of the first failed chunk from ``chunk`` up to ``end``, if any."""
