@@ -8,6 +8,7 @@ import base64
 import datetime
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,8 +26,17 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 from model_signing import hashing, signing, verifying
 
-from cmlfs.errors import FormatError
-from cmlfs.manifest import version_order
+from cmlfs.errors import FormatError, IntegrityError
+from cmlfs.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_LEN,
+    SealedManifest,
+    open_manifest,
+    version_order,
+)
+from cmlfs.model import check_min_version, check_publisher
+from cmlfs.publish import EncryptSettings, encrypt_model
+from cmlfs.push import sign_store
 from cmlfs.signature import (
     MAX_SIGNATURE_LEN,
     SIGNATURE_NAME,
@@ -38,7 +48,8 @@ from cmlfs.signature import (
     signer_of,
     signing_key_fingerprint,
 )
-from cmlfs.stores.base import check_name, content_addressed
+from cmlfs.stores import LocalStore
+from cmlfs.stores.base import check_name, content_addressed, read_whole
 from tests.signing_helpers import der_fingerprint, ec_pair
 
 
@@ -324,3 +335,41 @@ def test_trailing_zero_parts_are_equal():
 def test_versions_that_are_not_dotted_numbers_are_refused(text):
     with pytest.raises(FormatError, match="not a dotted number"):
         version_order(text)
+
+
+class RecordingStore:
+    """A real folder store that records which objects are read, and how much of each."""
+
+    def __init__(self, root: Path) -> None:
+        self.inner = LocalStore(root)
+        self.read: dict[str, int] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        self.read[name] = self.read.get(name, 0) + length
+        return self.inner.read_range(name, offset, length)
+
+    def read_all(self, name: str, limit: int) -> bytes:
+        return read_whole(self, name, limit)
+
+
+def test_the_mount_check_reads_the_signature_and_manifest_only(tmp_path, keys):
+    """Checking a signed store before a mount reads model.sig and the manifest, no blob byte;
+    with a key it then opens the manifest it checked."""
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(300_000))
+    (src / "config.json").write_bytes(b"{}")
+    store, key = tmp_path / "store", os.urandom(32)
+    encrypt_model(src, store, key, EncryptSettings(model_version="2.0"))
+    sign_store(store, keys["publisher"][0])
+    recording = RecordingStore(store)
+    sealed = SealedManifest.parse(recording.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+    digests = check_publisher(recording, sealed, load_publisher_key(keys["publisher"][1]))
+    assert set(recording.read) == {MANIFEST_NAME, SIGNATURE_NAME}
+    assert len(digests) == 3 and digests[MANIFEST_NAME] == sealed.sha256
+    check_min_version(open_manifest(sealed.data, key), "2")
+    with pytest.raises(IntegrityError, match=r"older than --min-model-version 2\.0\.1"):
+        check_min_version(open_manifest(sealed.data, key), "2.0.1")
