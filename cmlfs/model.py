@@ -69,8 +69,7 @@ def open_model(
     model version against ``min_version`` once the manifest is open.
     """
     store = open_store(store_location, store_settings)
-    data = store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN)  # refused before it is allocated
-    sealed = SealedManifest.parse(data)
+    sealed = read_sealed(store)
     envelope = sealed.envelope
     if expected_key_id is not None and envelope.key_id != expected_key_id:
         raise IntegrityError(
@@ -101,7 +100,7 @@ def open_model(
             f"the manifest in {store.describe()} is not the one the released key bundle pins "
             "(rolled back or replaced); refusing it"
         )
-    manifest = open_manifest(data, release.key)
+    manifest = open_manifest(sealed.data, release.key)
     if min_version is not None:
         check_min_version(manifest, min_version)
     return store, manifest, release.key
@@ -150,8 +149,15 @@ def open_signed_store(
     """A store whose manifest ``publisher`` signed (``check_publisher``), without its key:
     the store and every signed digest, for checking each object whole (``cmlfs verify``)."""
     store = open_store(store_location, store_settings)
-    sealed = SealedManifest.parse(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
-    return store, check_publisher(store, sealed, publisher)
+    return store, check_publisher(store, read_sealed(store), publisher)
+
+
+def read_sealed(store: Store) -> SealedManifest:
+    """``store``'s sealed manifest with what is known of it before the key: its format
+    version, key id and key URI (the envelope) and its digest, which a key bundle's pin
+    or a publisher's signature is checked against. Refused before it is allocated when
+    larger than any manifest."""
+    return SealedManifest.parse(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
 
 
 def check_min_version(manifest: Manifest, min_version: str) -> None:

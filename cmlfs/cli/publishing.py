@@ -22,7 +22,7 @@ from cmlfs.cli.options import (
 from cmlfs.errors import CmlfsError
 from cmlfs.format import FORMAT_VERSIONS
 from cmlfs.keys import FileKeySource, generate_key_file
-from cmlfs.manifest import MANIFEST_NAME, Manifest, read_envelope
+from cmlfs.manifest import Manifest
 from cmlfs.publish import EncryptSettings
 from cmlfs.units import format_size
 
@@ -328,16 +328,17 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def inspect(args: argparse.Namespace) -> int:
     from cmlfs.hardening import disable_core_dumps
-    from cmlfs.manifest import MAX_MANIFEST_LEN
-    from cmlfs.model import open_model
+    from cmlfs.model import open_model, read_sealed
     from cmlfs.stores import open_store
     from cmlfs.stores.base import ListingUnsupported
 
     settings = store_settings(args)
     store = open_store(args.store, settings)
-    envelope = read_envelope(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+    sealed = read_sealed(store)
+    envelope = sealed.envelope
     print(f"store:       {store.describe()}")
     print(f"format:      {envelope.format_version}")
+    print(f"manifest:    sha256:{sealed.sha256}")
     print(f"key id:      {envelope.key_id}")
     print(f"key uri:     {envelope.key_uri or '(none recorded)'}")
     try:
