@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pybase64
 from cryptography.exceptions import InvalidTag
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
+from cmlfs.format.layout import Chunking
 
 # What KServe's storage initializer (jwcrypto's defaults with an oct key) decrypts and what
 # range decryption can serve: AES key wrap or a direct key, then AES-GCM.
@@ -119,9 +121,15 @@ class JweParts:
     def ciphertext_size(self) -> int:
         return self.ct_chars * 3 // 4
 
+    @cached_property
+    def chunks(self) -> Chunking:
+        """The ciphertext cut into ``CHUNK_BYTES`` chunks; the plaintext is cut alike (GCM
+        keeps sizes and offsets)."""
+        return Chunking(CHUNK_BYTES, self.ciphertext_size)
+
     @property
     def n_chunks(self) -> int:
-        return -(-self.ct_chars // CHUNK_CHARS)
+        return self.chunks.n_chunks
 
     def chunk_chars(self, chunk: int) -> tuple[int, int]:
         """(file offset, length) of chunk ``chunk``'s base64url text."""
@@ -308,7 +316,7 @@ def decrypt_chunk(key: JweKey, chunk: int, text: bytes, digests: ChunkDigests) -
     block."""
     ciphertext = b64url_decode(text, f"JWE ciphertext chunk {chunk}")
     digests.check(chunk, ciphertext)
-    counter = 2 + chunk * (CHUNK_BYTES // AES_BLOCK)
+    counter = 2 + key.parts.chunks.chunk_offset(chunk) // AES_BLOCK
     nonce = key.iv + counter.to_bytes(4, "big")
     decryptor = Cipher(algorithms.AES(key.cek), modes.CTR(nonce)).decryptor()
     return decryptor.update(ciphertext)  # CTR: finalize() adds nothing

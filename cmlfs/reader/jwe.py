@@ -25,7 +25,6 @@ import trio
 
 from cmlfs.errors import CmlfsError, IntegrityError, StoreError
 from cmlfs.format.jwe import (
-    CHUNK_BYTES,
     HEAD_BYTES,
     JWE_MAGIC,
     TAIL_BYTES,
@@ -177,7 +176,7 @@ def authenticate_file(
                 start, length = parts.chunk_chars(chunk)
                 authenticator.update(text[start - offset : start - offset + length])
                 if progress is not None:
-                    progress(min(CHUNK_BYTES, parts.ciphertext_size - chunk * CHUNK_BYTES))
+                    progress(parts.chunks.chunk_len(chunk))
         return Authenticated(opened, authenticator.finish())
     except StoreError:
         raise
@@ -342,11 +341,12 @@ class JweReader:
             result = await self._run(self.store.read_range, entry.name, offset, length)
         else:
             done = await self._authenticated(file_index)
-            end = min(offset + size, entry.size)
-            if offset >= end:
+            chunks = entry.parts.chunks.chunks_for_range(offset, size)
+            if not chunks:
                 return b""
+            end = min(offset + size, entry.size)
             pieces = []
-            for chunk in range(offset // CHUNK_BYTES, (end - 1) // CHUNK_BYTES + 1):
+            for chunk in chunks:
                 span = await self._chunk(file_index, chunk, done)
                 start = max(offset, span.offset) - span.offset
                 pieces.append(memoryview(span.plaintext)[start : end - span.offset])
@@ -368,7 +368,8 @@ class JweReader:
         self.stats.store_requests += 1
         self.stats.chunks_decrypted += 1
         self.stats.bytes_decrypted += len(plaintext)
-        span = PlainSpan(file_index, chunk, chunk + 1, chunk * CHUNK_BYTES, plaintext)
+        offset = self.listing.files[file_index].parts.chunks.chunk_offset(chunk)
+        span = PlainSpan(file_index, chunk, chunk + 1, offset, plaintext)
         self.cache.put(span)
         return span
 

@@ -9,6 +9,7 @@ from cmlfs.format.layout import (
     HEADER_LEN,
     MAX_PLAINTEXT_SIZE,
     RECORD_OVERHEAD,
+    Chunking,
     ChunkLayout,
     chunk_size_log2,
 )
@@ -134,7 +135,7 @@ def test_the_largest_plaintext_is_accepted():
     assert layout.n_chunks == 1 << 26
 
 
-def brute_force_chunks(layout: ChunkLayout, offset: int, length: int) -> list[int]:
+def brute_force_chunks(layout: Chunking, offset: int, length: int) -> list[int]:
     """Chunk index of every plaintext byte in the range, in order, without duplicates."""
     end = min(offset + length, layout.plaintext_size)
     return sorted({byte // layout.chunk_size for byte in range(offset, end)})
@@ -151,6 +152,38 @@ def test_chunks_for_range_matches_brute_force(size: int, offset: int, length: in
     assert list(layout.chunks_for_range(offset, length)) == brute_force_chunks(
         layout, offset, length
     )
+
+
+@settings(max_examples=300)
+@given(
+    chunk_size=st.integers(1, 3 * C),
+    size=st.integers(0, 6 * C),
+    offset=st.integers(0, 7 * C),
+    length=st.integers(0, 3 * C),
+)
+def test_any_chunk_size_cuts_like_the_blob_layout(
+    chunk_size: int, size: int, offset: int, length: int
+):
+    """Chunking, which a JWE file's 768 KiB chunks use too, is ChunkLayout's arithmetic for
+    any positive chunk size: the same chunks for a range, which tile the size exactly."""
+    chunking = Chunking(chunk_size, size)
+    assert list(chunking.chunks_for_range(offset, length)) == brute_force_chunks(
+        chunking, offset, length
+    )
+    starts = [chunking.chunk_offset(i) for i in range(chunking.n_chunks)]
+    lengths = [chunking.chunk_len(i) for i in range(chunking.n_chunks)]
+    assert starts == [sum(lengths[:i]) for i in range(chunking.n_chunks)]
+    assert sum(lengths) == size and all(n == chunk_size for n in lengths[:-1])
+    assert chunking.is_last(chunking.n_chunks - 1)
+
+
+def test_chunking_refuses_what_no_layout_can_have():
+    for chunk_size, size in [(0, 1), (-1, 1), (768 * 1024, -1), (1, MAX_PLAINTEXT_SIZE + 1)]:
+        with pytest.raises(ValueError):
+            Chunking(chunk_size, size)
+    assert Chunking(768 * 1024, 0).chunks_for_range(0, 1) == range(0)
+    with pytest.raises(ValueError):  # a blob's chunks stay powers of two
+        ChunkLayout(768 * 1024, 0)
 
 
 @given(
