@@ -281,11 +281,14 @@ class Authenticator:
 class ChunkDigests:
     """A 16-byte digest of each chunk's ciphertext, to recognize it when it is read again.
 
-    Poly1305 under a one-time key per chunk, derived from a random secret of this process
-    (AES of the chunk index): neither the store nor the model's key holder knows the
-    secret or ever sees a digest, so a changed chunk matches its digest with probability
-    below 2^-100 (Poly1305's bound for 768 KiB). A hash such as SHA-256 made most of a
-    read's cost; Poly1305 is several times faster (benchmarks/RESULTS.md, notes).
+    Poly1305 under a one-time key per chunk: AES of the chunk's index under a random
+    secret drawn for this pass (another secret for every pass, so no two chunks, files or
+    processes share a key). A read recomputes its chunk's tag under that key and compares
+    it, as an AEAD's receiver does. Neither the store nor the model's key holder knows the
+    secret or ever sees a digest (none is logged or leaves this object), so each read of a
+    changed chunk matches with probability at most 8 * ceil(L/16) / 2^106, about 2^-87
+    for L = 768 KiB (Poly1305's bound). A hash such as SHA-256 made most of a read's
+    cost; Poly1305 is several times faster (benchmarks/RESULTS.md, notes).
     """
 
     def __init__(self) -> None:
