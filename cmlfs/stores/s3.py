@@ -44,6 +44,29 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
+def _client(config, settings: StoreSettings):
+    """boto3's S3 client; a configuration boto3 refuses (an unknown AWS_PROFILE, half the
+    credentials, a bad region or endpoint) is one StoreError line, not a traceback."""
+    import boto3
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        core = botocore.session.get_session()
+        # --store-ca, else $AWS_CA_BUNDLE or the profile's ca_bundle, else the system store
+        verify = settings.ca_bundle() or core.get_config_variable("ca_bundle") or system_trust()
+        return boto3.session.Session(botocore_session=core).client(
+            "s3", config=config, verify=verify
+        )
+    except BotoCoreError as exc:
+        raise StoreError(f"AWS configuration refused: {' '.join(str(exc).split())}") from None
+    except ValueError:  # botocore's text quotes the endpoint whole, credentials and all
+        raise StoreError(
+            "AWS configuration refused: invalid endpoint URL (AWS_ENDPOINT_URL or the "
+            "profile's endpoint_url)"
+        ) from None
+
+
 class S3Store(RangedStore):
     """Objects ``PREFIX/manifest.cmlfs``, ``PREFIX/blobs/<sha256>`` and ``PREFIX/model.sig``
     in one bucket."""
@@ -52,8 +75,6 @@ class S3Store(RangedStore):
         super().__init__()
         self.files = files  # any object under the prefix, as a folder of files (read-only)
         try:
-            import boto3
-            import botocore.session
             from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError:
@@ -65,12 +86,7 @@ class S3Store(RangedStore):
             retries={"total_max_attempts": 1},
             max_pool_connections=POOL_SIZE,
         )
-        core = botocore.session.get_session()
-        # --store-ca, else $AWS_CA_BUNDLE or the profile's ca_bundle, else the system store
-        verify = settings.ca_bundle() or core.get_config_variable("ca_bundle") or system_trust()
-        self._client = boto3.session.Session(botocore_session=core).client(
-            "s3", config=config, verify=verify
-        )
+        self._client = _client(config, settings)
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
         )
