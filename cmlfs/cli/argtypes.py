@@ -6,6 +6,7 @@ and the CLI only converts ``ValueError`` into argparse's one-line usage error.
 
 import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from cmlfs.errors import CmlfsError
@@ -103,14 +104,33 @@ def cdh_address(text: str) -> str:
     return address
 
 
-def seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    value = _number_of_seconds(text)
     if not 0 <= value <= 600:
         raise argparse.ArgumentTypeError(f"seconds must be 0 to 600, not {text}")
     return value
+
+
+def timeout(limit: float) -> Callable[[str], float]:
+    """A parser of a time limit: seconds above 0 and at most ``limit`` (no NaN or infinity,
+    which the timers below would take as no limit or fail on with a traceback)."""
+
+    def parse(text: str) -> float:
+        value = _number_of_seconds(text)
+        if not 0 < value <= limit:  # NaN fails this too
+            raise argparse.ArgumentTypeError(
+                f"seconds must be above 0 and at most {limit:g}, not {text}"
+            )
+        return value
+
+    return parse
 
 
 def metadata_url(text: str) -> str:

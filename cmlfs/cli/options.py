@@ -269,11 +269,11 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--store-timeout",
-        type=float,
+        type=argtypes.timeout(3600),
         default=StoreSettings.timeout,
         metavar="SECONDS",
         help="connect timeout and longest silence while reading an answer "
-        f"(default {StoreSettings.timeout:g})",
+        f"(default {StoreSettings.timeout:g}, at most 3600)",
     )
     group.add_argument(
         "--store-attempts",
@@ -404,10 +404,10 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ready-timeout",
-        type=float,
+        type=argtypes.timeout(3600),
         default=300.0,
         metavar="SECONDS",
-        help="how long to wait for the mount to be ready (default 300)",
+        help="how long to wait for the mount to be ready (default 300, at most 3600)",
     )
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument(
