@@ -134,9 +134,11 @@ def test_every_tamper_reads_eio_with_no_wrong_byte(jwe_model, tmp_path):
         for name in expected:
             if name == "good.bin":
                 continue
-            with pytest.raises(OSError) as raised:
-                (mnt / name).read_bytes()
-            assert raised.value.errno == errno.EIO, name
+            with open(mnt / name, "rb") as f:  # not its first byte, nor its last, nor any
+                for offset in sorted({0, os.fstat(f.fileno()).st_size - 1}):
+                    with pytest.raises(OSError) as raised:
+                        os.pread(f.fileno(), 4096, offset)
+                    assert raised.value.errno == errno.EIO, (name, offset)
     refusals = [line for line in log.read_text().splitlines() if "event=jwe_refused" in line]
     refused = {line.split("path=")[1].split()[0] for line in refusals}
     assert refused == set(expected) - {"good.bin"}
