@@ -1,6 +1,8 @@
 """Fixtures shared by every tier: sample models, the CLI, and real mounts with cleanup."""
 
 import hashlib
+import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cmlfs.mountpoint import mount_entry
+from tests.logcheck import WATCH, LogWatch, unexpected
 
 
 def sha256_file(path: Path) -> str:
@@ -87,14 +90,72 @@ def mounted(
     env: dict[str, str] | None = None,
 ) -> Iterator[Path]:
     """A background ``cmlfs mount`` (``env``: the daemon's environment); always unmounted
-    afterwards, even if the test failed."""
+    afterwards, even if the test failed. The daemon's log (its ``--log-file``, one next to
+    the mountpoint if none is given) is checked by the log checker (tests/logcheck.py)."""
     mountpoint.mkdir(parents=True, exist_ok=True)
+    log_file = _log_file_of(args)
+    if log_file is None:
+        log_file = mountpoint.with_name(f"{mountpoint.name}.daemon.log")
+        args = (*args, "--log-file", log_file)
+    WATCH.watch(log_file)
+    daemons: dict[int, int] = {}
     try:
         run_cli("mount", store, mountpoint, *args, env=env)
         assert mount_entry(mountpoint) is not None
+        daemons = serving_pids(mountpoint)
         yield mountpoint
     finally:
         force_unmount(mountpoint)
+        _wait_gone(daemons, timeout=5)
+        WATCH.finished(log_file)
+
+
+def _log_file_of(args: tuple) -> Path | None:
+    for option, value in itertools.pairwise(args):
+        if option == "--log-file":
+            return Path(value)
+    return None
+
+
+def _wait_gone(pids: dict[int, int], timeout: float) -> None:
+    """Until the processes ``pids`` have exited (their last log lines are written)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if proc_stat(pid)[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_watch() -> Iterator[LogWatch]:
+    """The log checker's handler on the root logger, from the first test to the last."""
+    root = logging.getLogger()
+    root.addHandler(WATCH)
+    yield WATCH
+    root.removeHandler(WATCH)
+    left = WATCH.drain()
+    if left:
+        pytest.fail("warnings or errors logged after the last test:\n" + "\n".join(map(str, left)))
+
+
+@pytest.fixture(autouse=True)
+def _check_logs(request: pytest.FixtureRequest, _log_watch: LogWatch) -> Iterator[None]:
+    """Fail the test when a warning or an error it did not expect was logged (marker
+    ``expect_log``; see tests/logcheck.py)."""
+    yield
+    marks = list(request.node.iter_markers("expect_log"))
+    patterns = [p for mark in marks for p in mark.args]
+    optional = {p for mark in marks if mark.kwargs.get("optional") for p in mark.args}
+    left, missing = unexpected(_log_watch.drain(), patterns)
+    missing = [p for p in missing if p not in optional]
+    problems = [f"unexpected: {entry}" for entry in left]
+    problems += [f"expected but never logged: {pattern!r}" for pattern in missing]
+    if problems:
+        pytest.fail("log check:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture
@@ -208,12 +269,6 @@ ON_DEMAND_MODULES = (
     "boto3",
     "botocore",
     "tqdm",
-    # publisher signatures: only with --trust-publisher, sign or --sign-key
-    "model_signing",
-    "sigstore",
-    "sigstore_models",
-    "pydantic",
-    "ecdsa",
 )
 
 

@@ -12,8 +12,6 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-r
 _MODULE_OF = {
     "ChunkCache": "cache",
     "SingleFlight": "cache",
-    "PlainSpan": "cache",
-    "SealedSpan": "cache",
     "Span": "cache",
     "ModelReader": "reader",
     "ReaderStats": "reader",
@@ -30,9 +28,7 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
     "ModelReader",
-    "PlainSpan",
     "ReaderStats",
-    "SealedSpan",
     "SingleFlight",
     "Span",
 ]

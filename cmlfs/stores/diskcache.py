@@ -79,7 +79,8 @@ class DiskCache:
                 os.fsync(f.fileno())
             os.rename(tmp, self.root / key)
         except OSError as exc:
-            _remove(tmp)
+            if tmp.exists():  # on a read-only folder it never was: no second warning
+                _remove(tmp)
             log.warning("event=disk_cache_write_failed reason=%s", quote(exc.strerror))
             return
         with self._lock:

@@ -106,6 +106,7 @@ def test_status_without_http_says_how_to_get_it(model, tmp_path):
     assert "--http" in result.stdout
 
 
+@pytest.mark.expect_log("event=(chunk_rejected|integrity_failed)")
 def test_authentication_failures_are_counted(model, tmp_path):
     store, key, contents = model
     blob = store / "blobs" / blob_of(store, key, "model.safetensors")

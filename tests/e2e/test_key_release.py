@@ -23,6 +23,7 @@ from tests.jwe_helpers import make_jwe
 from tests.kbs_helpers import ed25519_pair
 
 pytestmark = pytest.mark.fuse
+SAMPLE_ATTESTER = pytest.mark.expect_log("event=sample_attester")  # the daemon warns of it
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -84,6 +85,7 @@ def assert_key_nowhere(root: Path, key: bytes, *allowed: Path) -> None:
     assert not found, f"key material found in {found}"
 
 
+@SAMPLE_ATTESTER
 @pytest.mark.parametrize("tee_key", ["ec", "rsa"])
 def test_release_through_dev_kbs_ends_in_a_real_mount(
     dev_kbs, sample_model, key_file, tmp_path, tee_key
@@ -105,6 +107,7 @@ def test_release_through_dev_kbs_ends_in_a_real_mount(
     assert_key_nowhere(tmp_path, key, key_file, dev_kbs.repository)
 
 
+@SAMPLE_ATTESTER
 def test_tls_verified_with_the_private_ca_and_refused_without(
     dev_kbs_tls, sample_model, key_file, tmp_path
 ):
@@ -123,6 +126,7 @@ def test_plain_http_broker_needs_insecure_http(dev_kbs, sample_model, key_file, 
     assert_refused(result, tmp_path / "mnt", f"TLS failure talking to https://{dev_kbs.address}")
 
 
+@SAMPLE_ATTESTER
 def test_policy_denial_refuses_the_mount_with_the_brokers_reason(
     dev_kbs, sample_model, key_file, tmp_path
 ):
@@ -142,6 +146,7 @@ def test_policy_denial_refuses_the_mount_with_the_brokers_reason(
         assert tree_digests(mnt) == tree_digests(src)
 
 
+@SAMPLE_ATTESTER
 def test_a_different_manifest_than_the_pinned_one_is_refused(
     dev_kbs, sample_model, key_file, tmp_path
 ):
@@ -236,6 +241,7 @@ def test_misbehaving_broker(hostile_kbs, encrypted_model, tmp_path, script, need
     assert_refused(result, tmp_path / "mnt", needle)
 
 
+@SAMPLE_ATTESTER
 def test_a_valid_jwe_from_the_hostile_broker_still_needs_the_right_key(
     hostile_kbs, encrypted_model, tmp_path
 ):
@@ -335,6 +341,7 @@ def test_jwe_folder_with_its_key_from_the_data_hub(cdh, tmp_path):
         assert (mnt / "model.safetensors").read_bytes() == data
 
 
+@SAMPLE_ATTESTER
 def test_jwe_folder_with_its_key_from_a_kbs(dev_kbs_tls, tmp_path):
     """The KServe key resource (a JWK) released by a broker after attestation (over verified
     TLS: a JWE folder has no key id to pin, so a plain-HTTP broker is refused for it)."""

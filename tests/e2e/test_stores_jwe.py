@@ -28,6 +28,9 @@ def jwe_key(tmp_path):
     return key, path
 
 
+@pytest.mark.expect_log(
+    "event=file_refused path=README.md", "event=read_failed .*replaced since it was first read"
+)
 def test_jwe_folder_in_s3(s3_server, jwe_key, tmp_path):
     key, key_file = jwe_key
     contents = {

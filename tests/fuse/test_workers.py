@@ -69,6 +69,7 @@ def test_workers_serve_the_plaintext_together(store, tmp_path):
                 assert proc_status(pid, "VmLck") > 0
 
 
+@pytest.mark.expect_log("event=chunk_rejected .*chunk 3")
 def test_a_tampered_chunk_reads_as_eio_in_any_worker(store, tmp_path):
     path, key, contents = store
     manifest = open_manifest((path / MANIFEST_NAME).read_bytes(), key.read_bytes())
@@ -91,6 +92,7 @@ def test_a_tampered_chunk_reads_as_eio_in_any_worker(store, tmp_path):
             os.close(fd)
 
 
+@pytest.mark.expect_log("event=worker_exited .*code=-9")
 def test_a_lost_worker_leaves_the_others_serving_and_sigterm_stops_all(store, tmp_path):
     path, key, contents = store
     with mounted(path, tmp_path / "mnt", "--key-file", key, "--workers", "3") as mnt:
@@ -114,6 +116,7 @@ def test_a_lost_worker_leaves_the_others_serving_and_sigterm_stops_all(store, tm
             assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the mount"
 
 
+@pytest.mark.expect_log("event=worker_exited .*code=-9", "event=daemon_failed")
 def test_losing_every_worker_fails_the_daemon_and_unmounts(store, tmp_path):
     path, key, _ = store
     log = tmp_path / "daemon.log"

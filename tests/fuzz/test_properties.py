@@ -80,7 +80,6 @@ JSON_TARGETS = [
     "devkbs_attestation",
     "oci_image_manifest",
     "oci_token_answer",
-    "publisher_signature",
 ]
 
 

@@ -53,6 +53,7 @@ def assert_reads_back(mnt, contents) -> None:
         assert (mnt / name).read_bytes() == data, name
 
 
+@pytest.mark.expect_log("event=read_failed .*gave up after 2 attempts")
 def test_store_faults_during_stress_give_eio_never_wrong_bytes(
     stress_model, nginx, proxy, tmp_path
 ):
@@ -110,6 +111,7 @@ def test_a_key_broker_that_is_down_refuses_the_mount_with_one_line(encrypted_mod
         force_unmount(mnt)
 
 
+@pytest.mark.expect_log("event=stale_mount_cleared")
 def test_sigkill_under_load_gives_errors_never_wrong_bytes_and_a_restart_recovers(
     stress_model, tmp_path
 ):
@@ -136,6 +138,7 @@ def test_sigkill_under_load_gives_errors_never_wrong_bytes_and_a_restart_recover
     [("size=64k", "No space left on device"), ("ro", "Read-only file system")],
     ids=["full", "read-only"],
 )
+@pytest.mark.expect_log("event=disk_cache_write_failed")  # and nothing else
 def test_a_full_or_read_only_disk_cache_costs_only_the_cache(
     stress_model, tmp_path, options, reason
 ):

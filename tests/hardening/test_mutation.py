@@ -10,6 +10,7 @@ pytestmark = [pytest.mark.fuse, pytest.mark.hardening]
 MUTATIONS = 1000
 
 
+@pytest.mark.expect_log("event=(read_failed|integrity_failed|chunk_rejected)")
 def test_mutation_campaign_never_serves_a_wrong_byte(tmp_path):
     report = run_campaign(tmp_path / "campaign", MUTATIONS, seed=20261127)
     print(report.summary())

@@ -171,6 +171,7 @@ def test_tdx_without_configfs_tsm_names_the_cause(tmp_path):
         attester.evidence(DIGEST)
 
 
+@pytest.mark.expect_log("event=sample_attester")
 def test_sample_only_by_name():
     assert select_attester(KeySettings(attester="sample")).tee == "sample"
 

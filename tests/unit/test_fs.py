@@ -68,10 +68,23 @@ def test_tree_lists_dot_entries_links_and_modes_as_recorded_without_set_id_bits(
     assert len({n.inode for n in nodes.values()}) == len(nodes) == 7
 
 
+def _logs(pattern: str) -> pytest.MarkDecorator:
+    return pytest.mark.expect_log(pattern)
+
+
 @pytest.mark.parametrize(
-    "error", [IntegrityError("chunk 3"), StoreError("gone"), RuntimeError("bug"), KeyError(1)]
+    "error",
+    [
+        pytest.param(IntegrityError("chunk 3")),  # logged by the reader, once
+        pytest.param(StoreError("gone"), marks=_logs("event=read_failed")),
+        pytest.param(RuntimeError("bug"), marks=_logs("event=handler_crashed")),
+        pytest.param(KeyError(1), marks=_logs("event=handler_crashed")),
+    ],
 )
 def test_any_read_failure_becomes_eio_and_never_escapes(error):
+    """A store error is logged as a failed read, an integrity error not again (its reader
+    logged it), anything else as a crash with its traceback; either way the caller gets EIO
+    and the daemon goes on."""
     fs = ModelFs(manifest(), FailingReader(error))
     inode = fs.nodes[pyfuse3.ROOT_INODE].children[b"a.txt"]
     with pytest.raises(pyfuse3.FUSEError) as info:

@@ -52,6 +52,7 @@ class TdxNamedAttester(SampleAttester):
     tee = "tdx"
 
 
+@pytest.mark.expect_log("event=sample_attester")
 @pytest.mark.parametrize("tee_key", ["ec", "rsa"])
 def test_release_through_the_uri(devkbs, tee_key):
     register_resource(kbs_uri(devkbs), KEY, SETTINGS)
@@ -60,6 +61,7 @@ def test_release_through_the_uri(devkbs, tee_key):
     assert (released.key, released.manifest_sha256) == (KEY, None)
 
 
+@pytest.mark.expect_log("event=sample_attester")
 def test_release_of_a_bundle_carries_its_pin(devkbs):
     register_resource(kbs_uri(devkbs), make_bundle(KEY, "cd" * 32), SETTINGS)
     released = key_source_from_uri(kbs_uri(devkbs), SETTINGS).fetch_release()
@@ -268,6 +270,7 @@ def test_open_admin_api_only_on_loopback(tmp_path):
         DevKbs(DevKbsConfig(tmp_path, host="0.0.0.0", port=0, listen_anywhere=True))
 
 
+@pytest.mark.expect_log("event=kbs_handshake_retry")
 def test_unreachable_broker_is_retried_then_named(devkbs):
     url = devkbs.url
     devkbs.stop()

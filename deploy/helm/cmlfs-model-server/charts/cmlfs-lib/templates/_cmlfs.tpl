@@ -19,8 +19,7 @@ contain cmlfs (container/Dockerfile with BASE_IMAGE=<server image>) and its comm
 becomes:
   command: {{- include "cmlfs-lib.runCommand" (dict "cmlfs" .Values.cmlfs "root" $ "command" (concat .Values.command .Values.args)) | nindent 12 }}
   env: {{- include "cmlfs-lib.env" ... }}, volumeMounts: cmlfs-lib.credentialMounts and
-  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext, resources:
-  cmlfs-lib.attesterResources (dict "cmlfs" .Values.cmlfs "base" .Values.resources).
+  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext.
 */}}
 
 {{/* The FUSE mountpoint: a subdirectory of the shared volume, never its root. */}}
@@ -64,23 +63,17 @@ becomes:
 {{- end }}
 {{- end -}}
 
-{{/* The files set in values that an option names (CA bundles, the trusted publisher's
-     public key), as a JSON list of {flag, configMapName, secretName, key}: each is a
-     ConfigMap or Secret mounted at /etc/cmlfs/<flag> and named by --<flag>. */}}
-{{- define "cmlfs-lib.fileOptions" -}}
+{{/* The CA bundles set in values, as a JSON list of {flag, configMapName, key}: each is a
+     ConfigMap mounted at /etc/cmlfs/<flag> and named by --<flag>. */}}
+{{- define "cmlfs-lib.caBundles" -}}
 {{- $c := .cmlfs -}}
-{{- $files := list -}}
-{{- $publisher := $c.trustedPublisher | default dict -}}
-{{- if and $publisher.configMapName $publisher.secretName }}
-{{- fail "cmlfs.trustedPublisher: set configMapName or secretName, not both" }}
-{{- end -}}
-{{- range $flag, $f := dict "kbs-ca" $c.kbsCA "store-ca" ($c.storeCA | default dict) "trust-publisher" $publisher -}}
-{{- if or $f.configMapName $f.secretName -}}
-{{- $key := $f.key | default (ternary "publisher.pub" "ca.crt" (eq $flag "trust-publisher")) -}}
-{{- $files = append $files (dict "flag" $flag "configMapName" ($f.configMapName | default "") "secretName" ($f.secretName | default "") "key" $key) -}}
+{{- $bundles := list -}}
+{{- range $flag, $ca := dict "kbs-ca" $c.kbsCA "store-ca" ($c.storeCA | default dict) -}}
+{{- if $ca.configMapName -}}
+{{- $bundles = append $bundles (dict "flag" $flag "configMapName" $ca.configMapName "key" ($ca.key | default "ca.crt")) -}}
 {{- end -}}
 {{- end -}}
-{{- toJson $files -}}
+{{- toJson $bundles -}}
 {{- end -}}
 
 {{/* cmlfs options shared by `cmlfs mount` (sidecar) and `cmlfs run` (in-container). */}}
@@ -100,11 +93,8 @@ becomes:
 {{- with $c.keyId }}
 - --key-id={{ . }}
 {{- end }}
-{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
 - --{{ .flag }}=/etc/cmlfs/{{ .flag }}/{{ .key }}
-{{- end }}
-{{- with $c.minModelVersion }}
-- --min-model-version={{ . }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - --store-header-file=/etc/cmlfs/store-headers/{{ $c.storeCredentials.headerFileSecret.key }}
@@ -121,7 +111,7 @@ becomes:
 {{- $c := .cmlfs -}}
 - name: cmlfs-run
   mountPath: /run/cmlfs
-{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
 - name: cmlfs-{{ .flag }}
   mountPath: /etc/cmlfs/{{ .flag }}
   readOnly: true
@@ -147,15 +137,10 @@ becomes:
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
-{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
 - name: cmlfs-{{ .flag }}
-  {{- if .secretName }}
-  secret:
-    secretName: {{ .secretName }}
-  {{- else }}
   configMap:
     name: {{ .configMapName }}
-  {{- end }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - name: cmlfs-store-headers
@@ -260,22 +245,10 @@ exec:
       mountPath: {{ $c.mountPath }}
       mountPropagation: Bidirectional
     {{- include "cmlfs-lib.credentialMounts" . | nindent 4 }}
-  {{- with include "cmlfs-lib.attesterResources" (dict "cmlfs" $c "base" $c.resources) | fromYaml }}
+  {{- with $c.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-{{- end -}}
-
-{{/* Resources (YAML) of the container that attests: "base", plus one of the device plugin
-     resource cmlfs.vtpm.deviceResource names (the node's /dev/tpmrm0) when it is set. */}}
-{{- define "cmlfs-lib.attesterResources" -}}
-{{- $resources := deepCopy (.base | default dict) -}}
-{{- with (.cmlfs.vtpm | default dict).deviceResource }}
-{{- $limits := deepCopy ($resources.limits | default dict) -}}
-{{- $_ := set $limits . 1 -}}
-{{- $_ := set $resources "limits" $limits -}}
-{{- end -}}
-{{- toYaml $resources -}}
 {{- end -}}
 
 {{/* The model server's view of the shared volume: it sees the sidecar's mount, and a new
