@@ -35,6 +35,7 @@ from benchmarks.lib import (
     GIB,
     MIB,
     Measurement,
+    bench_arguments,
     cmlfs_mount,
     drop_caches,
     read_sequential,
@@ -43,7 +44,6 @@ from benchmarks.lib import (
     save,
 )
 from cmlfs.format.jwe import CHUNK_CHARS, HEAD_BYTES, TAIL_BYTES, find_parts, open_parts
-from cmlfs.units import parse_size
 
 FILE = "model.safetensors"
 BLOCK = 48 * MIB  # plaintext per step while writing or decrypting: a multiple of 3 and 16
@@ -116,13 +116,7 @@ def first_and_whole(path: Path, started: float) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--size", type=parse_size, default=2 * GIB, help="file size (default 2G)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--work", type=Path, default=Path("/var/tmp/cmlfs-bench-jwe"))
-    parser.add_argument("--no-save", action="store_true", help="print only (the CI smoke run)")
+    parser = bench_arguments(__doc__, 2 * GIB, 3, "/var/tmp/cmlfs-bench-jwe")
     parser.add_argument(
         "--decrypt", nargs=3, type=Path, metavar=("JWE", "OUT", "KEY"), help=argparse.SUPPRESS
     )

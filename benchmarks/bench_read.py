@@ -3,7 +3,8 @@
 Scenarios (each interleaves its variants round by round; medians and ratios):
   seq-cold    sequential read of one large file, caches dropped before each read
   format      the same cold read of a format-2 store (what cmlfs encrypt writes: every
-              record checked against its SHA-256 leaf) and of a format-1 store
+              record checked against its SHA-256 leaf) and of a format-1 store, and the
+              daemon's CPU seconds per GiB (steadier than MB/s on a busy machine)
   warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
   rand-4k     random 4 KiB preads, ops/s, cold start
   (seq-cold and the random reads also run a model sealed with 16 KiB chunks: the trade-off
@@ -22,7 +23,6 @@ import os
 import random
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -32,13 +32,14 @@ from benchmarks.lib import (
     GIB,
     MIB,
     Measurement,
+    Peak,
     cmlfs_command,
     cmlfs_mount,
     drop_caches,
     gocryptfs_init,
     gocryptfs_mount,
     plain_mount,
-    pss,
+    pss_of,
     read_sequential,
     report,
     run,
@@ -46,7 +47,7 @@ from benchmarks.lib import (
     timed,
 )
 from cmlfs.units import parse_size
-from tests.conftest import serving_pids
+from tests.conftest import daemon_pid, proc_stat, serving_pids
 
 FILE = "weights.bin"
 WORKERS_SUFFIX = "-2w"
@@ -155,16 +156,28 @@ def sequential_cold(ws: Workspace, rounds: int) -> Measurement:
     return m
 
 
-def format_cold(ws: Workspace, rounds: int) -> Measurement:
-    """Cold sequential reads of format 2 against format 1, interleaved round by round."""
-    m = Measurement("seq-cold-format", "MB/s", True, "cmlfs-gcm-siv-f1")
+def format_cold(ws: Workspace, rounds: int) -> list[Measurement]:
+    """Cold sequential reads of format 2 against format 1, interleaved round by round:
+    throughput, and the daemon's CPU time per GiB read."""
+    speed = Measurement("seq-cold-format", "MB/s", True, "cmlfs-gcm-siv-f1")
+    cpu = Measurement("cpu-format", "s/GiB", False, "cmlfs-gcm-siv-f1")
     for _ in range(rounds):
         for variant in ("cmlfs-gcm-siv-f1", "cmlfs-gcm-siv"):
             with ws.mount(variant) as root:
                 drop_caches()
+                pid = daemon_pid(root)
+                before = cpu_seconds(pid)
                 seconds = timed(lambda root=root: read_sequential(root / FILE))
-            m.add(variant, ws.size / seconds / 1e6)
-    return m
+                used = cpu_seconds(pid) - before
+            speed.add(variant, ws.size / seconds / 1e6)
+            cpu.add(variant, used / (ws.size / GIB))
+    return [speed, cpu]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def warm_reread(ws: Workspace, rounds: int) -> Measurement:
@@ -213,7 +226,7 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
                 with open(root / FILE, "rb") as f:
                     f.read(MIB)
                 latency.add(label, time.perf_counter() - start)
-                with Peak(list(serving_pids(ws.mnt))) as peak:
+                with Peak(pss_of(list(serving_pids(ws.mnt)))) as peak:
                     read_sequential(root / FILE)
             memory.add(label, peak.value / MIB)
 
@@ -234,37 +247,9 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
     return [latency, memory]
 
 
-class Peak:
-    """Samples the summed PSS of some processes every 10 ms while open; keeps the maximum."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.value = self._sample()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Peak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._done.wait(0.01):
-            try:
-                self.value = max(self.value, self._sample())
-            except OSError:
-                return
-
-    def _sample(self) -> int:
-        return sum(pss(pid) for pid in self.pids)
-
-
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {
     "seq-cold": lambda ws, r: [sequential_cold(ws, r)],
-    "format": lambda ws, r: [format_cold(ws, r)],
+    "format": format_cold,
     "warm": lambda ws, r: [warm_reread(ws, r)],
     "rand-4k": lambda ws, r: [random_preads(ws, r, 4096, 4000)],
     "rand-1m": lambda ws, r: [random_preads(ws, r, MIB, 300)],

@@ -4,12 +4,14 @@ Every scenario runs its baselines in the same run, interleaved round by round,
 and reports medians and ratios (never absolute thresholds: this is not a test).
 """
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,6 +130,37 @@ def pss(pid: int) -> int:
     return 0
 
 
+class Peak:
+    """Calls ``sample`` every 10 ms while open and keeps the largest value (e.g. bytes of
+    memory); a sample that raises OSError (a process gone) ends the sampling."""
+
+    def __init__(self, sample: Callable[[], int]) -> None:
+        self.sample = sample
+        self.value = sample()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Peak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.01):
+            try:
+                self.value = max(self.value, self.sample())
+            except OSError:
+                return
+
+
+def pss_of(pids: list[int]) -> Callable[[], int]:
+    """A sample function: the summed PSS of ``pids``."""
+    return lambda: sum(pss(pid) for pid in pids)
+
+
 @dataclass
 class Measurement:
     """One scenario row: samples per variant, and which variant is the baseline for ratios."""
@@ -157,6 +190,22 @@ class Measurement:
                 f"{self.ratio(variant):.2f}x | {values} |"
             )
         return rows
+
+
+def bench_arguments(doc: str, size: int, rounds: int, work: str) -> argparse.ArgumentParser:
+    """A parser with the options of a one-file benchmark: --size, --rounds, --work, --no-save."""
+    from cmlfs.units import format_size, parse_size
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=parse_size, default=size, help=f"file size (default {format_size(size)})"
+    )
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds (default {rounds})")
+    parser.add_argument("--work", type=Path, default=Path(work), help=f"work folder ({work})")
+    parser.add_argument("--no-save", action="store_true", help="print only (the CI smoke run)")
+    return parser
 
 
 def save(name: str, measurements: list[Measurement], command: str) -> Path:

@@ -5,9 +5,11 @@ below it (analysis, profiles) are kept.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.lib import RESULTS_DIR, ROOT, Measurement
+from benchmarks.lib import GIB, RESULTS_DIR, ROOT, Measurement
+from cmlfs.units import parse_size
 
 MARKER = "<!-- notes -->"
 
@@ -124,6 +126,27 @@ TARGETS = [
 ]
 
 
+SERVE_APPROACHES = ("cmlfs", "cmlfs-2w", "ramdisk", "disk", "plaintext")
+CACHE_MIB = 64  # the default --cache-size
+
+
+def serve_targets(measurements: list[Measurement]) -> list[tuple]:
+    """Issue 20's serve-ready targets for every model measured: cmlfs ready before both
+    decrypt-first approaches, its memory within the cache budget + 100 MiB."""
+    targets = []
+    for m in measurements:
+        if not m.scenario.startswith("serve-ready "):
+            continue
+        model = m.scenario.removeprefix("serve-ready ")
+        for variant in ("cmlfs", "cmlfs-2w"):
+            for baseline, label in (("ramdisk", "RAM disk first"), ("disk", "disk first")):
+                text = f"serve-ready {variant} <= 1.0x {label} ({model})"
+                targets.append((m.scenario, variant, baseline, 1.0, False, text))
+            text = f"serve-ready memory {variant} <= cache + 100 MiB ({model})"
+            targets.append((f"serve-memory {model}", variant, None, CACHE_MIB + 100, False, text))
+    return targets
+
+
 def load() -> tuple[list[Measurement], list[dict]]:
     measurements, runs = [], []
     for path in sorted(RESULTS_DIR.glob("*.json")):
@@ -135,7 +158,9 @@ def load() -> tuple[list[Measurement], list[dict]]:
 
 def targets_table(by_scenario: dict[str, Measurement]) -> list[str]:
     rows = ["| target | measured | met |", "|---|---|---|"]
-    for scenario, variant, baseline, ratio, higher, text in TARGETS:
+    for scenario, variant, baseline, ratio, higher, text in TARGETS + serve_targets(
+        list(by_scenario.values())
+    ):
         m = by_scenario.get(scenario)
         if m is None or variant not in m.samples or (baseline and baseline not in m.samples):
             rows.append(f"| {text} | not measured | - |")
@@ -172,6 +197,143 @@ def plot(measurements: list[Measurement], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_serve_ready(measurements: list[Measurement], path: Path) -> bool:
+    """Time and memory against model size (synthetic models), one line per approach, and
+    the real models' times; False when nothing was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_scenario = {m.scenario: m for m in measurements}
+    synthetic = sorted(
+        (parse_size(s.removeprefix("serve-ready synthetic-")), s.removeprefix("serve-ready "))
+        for s in by_scenario
+        if s.startswith("serve-ready synthetic-")
+    )
+    real = [s.removeprefix("serve-ready ") for s in by_scenario if s.startswith("serve-ready ")]
+    real = [name for name in real if not name.startswith("synthetic-")]
+    if not synthetic and not real:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, quantity, unit in (
+        (axes[0], "serve-ready", "seconds to the first answer"),
+        (axes[1], "serve-memory", "peak MiB (daemon PSS + RAM disk)"),
+    ):
+        for approach in SERVE_APPROACHES:
+            points = [
+                (size / GIB, by_scenario[f"{quantity} {name}"].median(approach))
+                for size, name in synthetic
+                if approach in by_scenario[f"{quantity} {name}"].samples
+            ]
+            if points:
+                style = ":" if approach == "plaintext" else "-"
+                ax.plot(*zip(*points, strict=True), style, marker="o", label=approach)
+        ax.set_xlabel("synthetic safetensors model, GiB")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{quantity} (medians)")
+        ax.legend()
+    width = 0.8 / len(SERVE_APPROACHES)
+    for i, approach in enumerate(SERVE_APPROACHES):
+        values = [
+            by_scenario[f"serve-ready {name}"].median(approach)
+            if approach in by_scenario[f"serve-ready {name}"].samples
+            else 0
+            for name in real
+        ]
+        axes[2].bar([x + i * width for x in range(len(real))], values, width, label=approach)
+    axes[2].set_xticks([x + 0.4 - width / 2 for x in range(len(real))], real, rotation=15)
+    axes[2].set_ylabel("seconds to the first answer")
+    axes[2].set_title("serve-ready, real models (medians)")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+@dataclass(frozen=True)
+class ServeCosts:
+    """One synthetic model's per-GiB costs in one run, what the projection scales."""
+
+    size: float  # GiB
+    t0: float  # cmlfs's mount: interpreter, imports, key, manifest (independent of size)
+    decrypt: float  # daemon CPU seconds per GiB: one core's cost of serving it
+    loader: float  # the loader's seconds per GiB from plaintext
+    from_ram: float  # the loader's seconds per GiB from the RAM disk
+
+    def project(self, cores: int, efficiency: float, disk: float) -> tuple[float, float]:
+        """(cmlfs, RAM disk first) serve-ready seconds with ``cores`` workers, the store's
+        disk reading ``disk`` seconds per GiB (the plaintext load already includes it)."""
+        decrypt = max(self.decrypt / (cores * efficiency), disk)
+        return (
+            self.t0 + self.size * max(self.loader, decrypt),
+            self.t0 + self.size * (decrypt + self.from_ram),
+        )
+
+
+def serve_costs(by_scenario: dict[str, Measurement], model: str) -> ServeCosts | None:
+    ready = by_scenario[f"serve-ready {model}"]
+    prepare = by_scenario[f"serve-prepare {model}"]
+    if not {"cmlfs", "ramdisk", "plaintext"} <= set(ready.samples):
+        return None
+    size = parse_size(model.removeprefix("synthetic-")) / GIB
+    return ServeCosts(
+        size,
+        prepare.median("cmlfs"),
+        by_scenario[f"serve-daemon-cpu {model}"].median("cmlfs") / size,
+        ready.median("plaintext") / size,
+        (ready.median("ramdisk") - prepare.median("ramdisk")) / size,
+    )
+
+
+def projection_table(by_scenario: dict[str, Measurement], cores: int = 16) -> list[str]:
+    """Serve-ready of the synthetic models projected to ``cores`` cores from this run's
+    per-core costs (the method is in RESULTS.md's notes, "Scaling with cores"); each row
+    also projects 2 cores, to set beside what was measured here."""
+    seq = by_scenario.get("seq-cold")
+    efficiency, source = 1.0, "ideal: no seq-cold run with workers"
+    if seq and {"cmlfs-gcm-siv", "cmlfs-gcm-siv-2w"} <= set(seq.samples):
+        efficiency = seq.median("cmlfs-gcm-siv-2w") / seq.median("cmlfs-gcm-siv") / 2
+        source = "seq-cold cmlfs-gcm-siv-2w / cmlfs-gcm-siv / 2"
+    disk, disk_source = 0.0, "not measured: taken as no limit"
+    if seq and "plain" in seq.samples:
+        disk = GIB / 1e6 / seq.median("plain")
+        disk_source = f"seq-cold plain, {seq.median('plain'):.0f} MB/s"
+    rows = []
+    models = [s.removeprefix("serve-ready ") for s in by_scenario]
+    models = [m for m in models if m.startswith("synthetic-")]
+    for model in sorted(models, key=lambda m: parse_size(m.removeprefix("synthetic-"))):
+        costs = serve_costs(by_scenario, model)
+        if costs is None:
+            continue
+        ready = by_scenario[f"serve-ready {model}"]
+        measured = " / ".join(
+            f"{ready.median(v):.2f}" if v in ready.samples else "-" for v in ("cmlfs-2w", "ramdisk")
+        )
+        two, many = costs.project(2, efficiency, disk), costs.project(cores, efficiency, disk)
+        rows.append(
+            f"| {model} | {costs.t0:.2f} | {costs.decrypt:.2f} | {costs.loader:.2f} | "
+            f"{costs.from_ram:.2f} | {two[0]:.2f} / {two[1]:.2f} | {measured} | "
+            f"{many[0]:.2f} / {many[1]:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        f"## Serve-ready projected to {cores} cores (a projection, not a measurement)",
+        "",
+        f"Second-worker efficiency e = {efficiency:.2f} ({source}); the store's disk D = "
+        f"{disk:.2f} s/GiB ({disk_source}). Seconds; t0 = cmlfs's mount, c = daemon CPU s/GiB,",
+        "L = plaintext load s/GiB, L_ram = load from the RAM disk s/GiB, S = GiB; cmlfs ~",
+        "t0 + S max(L, c/(n e), D), RAM disk first ~ t0 + S (max(c/(n e), D) + L_ram).",
+        "",
+        "| model | t0 | c | L | L_ram | 2 cores projected: cmlfs / RAM disk | 2 cores measured: "
+        f"cmlfs-2w / RAM disk | {cores} cores projected: cmlfs / RAM disk |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def main() -> None:
     measurements, runs = load()
     by_scenario = {m.scenario: m for m in measurements}
@@ -192,11 +354,15 @@ def main() -> None:
     ]
     for run in runs:
         lines.append(f"- `{run['command']}` — {run['when']}, {run['machine']}")
-    lines += ["", "## Targets", "", *targets_table(by_scenario), "", "## All measurements", ""]
+    lines += ["", "## Targets", "", *targets_table(by_scenario), ""]
+    lines += [*projection_table(by_scenario), "## All measurements", ""]
     lines += ["| scenario | variant | median | vs baseline | samples |", "|---|---|---|---|---|"]
     for m in measurements:
         lines += m.lines()
-    lines += ["", "![throughput](throughput.png)", "", MARKER]
+    lines += ["", "![throughput](throughput.png)", ""]
+    if plot_serve_ready(measurements, ROOT / "serve_ready.png"):
+        lines += ["![serve-ready](serve_ready.png)", ""]
+    lines += [MARKER]
     results.write_text("\n".join(lines) + (notes or "\n"))
     plot(measurements, ROOT / "throughput.png")
     print(f"wrote {results} and {ROOT / 'throughput.png'}")

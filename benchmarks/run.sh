@@ -10,4 +10,6 @@ $PY -m benchmarks.bench_read --rounds "$rounds"
 $PY -m benchmarks.bench_http --rounds "$rounds"
 $PY -m benchmarks.bench_models --rounds "$rounds"
 $PY -m benchmarks.bench_jwe --rounds "$rounds"
+$PY -m benchmarks.bench_kserve_memory --rounds "$rounds"
+$PY -m benchmarks.bench_serve_ready --rounds "$rounds"
 $PY -m benchmarks.report

@@ -91,9 +91,9 @@ def build_tree(manifest: Manifest | JweListing) -> dict[int, Node]:
         inode = pyfuse3.ROOT_INODE if d.path == "" else len(nodes) + pyfuse3.ROOT_INODE
         node = Node(inode, stat.S_IFDIR | (d.mode & _SHOWN_BITS), DIR_SIZE, d.mtime_ns, nlink=2)
         nodes[inode] = by_path[d.path] = node
-    for index, f in enumerate(manifest.files):
+    for file_index, f in enumerate(manifest.files):
         inode = len(nodes) + pyfuse3.ROOT_INODE
-        node = Node(inode, stat.S_IFREG | (f.mode & _SHOWN_BITS), f.size, f.mtime_ns, index)
+        node = Node(inode, stat.S_IFREG | (f.mode & _SHOWN_BITS), f.size, f.mtime_ns, file_index)
         nodes[inode] = by_path[f.path] = node
     for path, node in by_path.items():
         if path:

@@ -41,6 +41,7 @@ MAX_KEY_URI_LEN = 2048
 MAX_MODE = 0o7777
 MTIME_RANGE = (-(1 << 63), (1 << 63) - 1)  # a signed 64-bit st_mtime_ns
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DOTTED = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18}){0,15}")
 _KEY_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -131,6 +132,19 @@ class Manifest:
 
 
 _ROOT_RULE = {True: "need a hash_root", False: "have no hash_root"}
+
+
+def version_order(version: str) -> tuple[int, ...]:
+    """A dotted numeric model version (``7``, ``1.2``, ``2024.12.7``: 1 to 16 decimal parts
+    of at most 18 digits, nothing else) as a tuple compared part by part as integers,
+    trailing zero parts dropped: ``1.2 == 1.2.0 < 1.10 < 2``. FormatError otherwise: a
+    version that is not a dotted number has no order to trust."""
+    if not _DOTTED.fullmatch(version):
+        raise FormatError(f"{version[:64]!r} is not a dotted number such as 3 or 1.2.0")
+    parts = [int(part) for part in version.split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 def manifest_digest(data: bytes) -> str:

@@ -2,8 +2,9 @@
 
 Used by the daemon before it mounts and by ``inspect`` and ``verify``. A model is
 returned only when its manifest authenticated under the key, matches a pinned key
-id and, for a key bundle, is the manifest the bundle pins; anything else is refused
-before a file of the model is read.
+id, for a key bundle is the manifest the bundle pins, with a trusted publisher is
+the manifest that publisher signed, and with a minimum version is not older;
+anything else is refused before a file of the model is read.
 
 A location without a manifest may be a KServe-style JWE model folder instead
 (``open_jwe_folder``): its listing and its key; each file authenticates on its own
@@ -25,16 +26,23 @@ from cmlfs.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_LEN,
     Manifest,
-    manifest_digest,
+    SealedManifest,
     open_manifest,
-    read_envelope,
+    version_order,
 )
 from cmlfs.publish import EncryptSettings, PlainFile, Progress, PublishError, seal_model
 from cmlfs.reader.jwe import JweEntry, JweListing, authenticate_file, list_jwe_folder, open_chunk
+from cmlfs.signature import (
+    MAX_SIGNATURE_LEN,
+    SIGNATURE_NAME,
+    PublisherKey,
+    SignatureError,
+    signed_digests,
+)
 from cmlfs.stores import Store, StoreSettings, open_store
 from cmlfs.stores.base import ObjectMissing
 
-log = logging.getLogger("cmlfs.model")
+log = logging.getLogger(__name__)
 
 
 def open_model(
@@ -43,6 +51,8 @@ def open_model(
     store_settings: StoreSettings | None = None,
     key_settings: KeySettings | None = None,
     expected_key_id: str | None = None,
+    publisher: PublisherKey | None = None,
+    min_version: str | None = None,
 ) -> tuple[Store, Manifest, bytes]:
     """Open a store, obtain the key and authenticate the manifest with it.
 
@@ -55,10 +65,12 @@ def open_model(
     A key bundle pins one manifest digest: any other manifest (an older version
     rolled back in the store, or another model under the same key) is refused
     before it is opened.
+    A trusted ``publisher``'s signature is checked before the key is asked for; the sealed
+    model version against ``min_version`` once the manifest is open.
     """
     store = open_store(store_location, store_settings)
-    data = store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN)  # refused before it is allocated
-    envelope = read_envelope(data)
+    sealed = read_sealed(store)
+    envelope = sealed.envelope
     if expected_key_id is not None and envelope.key_id != expected_key_id:
         raise IntegrityError(
             f"the model in {store.describe()} is sealed for key id {envelope.key_id}, "
@@ -79,14 +91,88 @@ def open_model(
             f"{key_source.describe()} is reached over plain HTTP, where anyone on the path can "
             "hand out a key of their own: pin the model with --key-id ID"
         )
+    if publisher is not None:
+        check_publisher(store, sealed, publisher)
     release = key_source.fetch_release()
     pinned = release.manifest_sha256
-    if pinned is not None and not hmac.compare_digest(pinned, manifest_digest(data)):
+    if pinned is not None and not hmac.compare_digest(pinned, sealed.sha256):
         raise IntegrityError(
             f"the manifest in {store.describe()} is not the one the released key bundle pins "
             "(rolled back or replaced); refusing it"
         )
-    return store, open_manifest(data, release.key), release.key
+    manifest = open_manifest(sealed.data, release.key)
+    if min_version is not None:
+        check_min_version(manifest, min_version)
+    return store, manifest, release.key
+
+
+def check_publisher(
+    store: Store, sealed: SealedManifest, publisher: PublisherKey
+) -> dict[str, str]:
+    """The sealed manifest is the one ``publisher`` signed, checked without reading
+    a blob: the signature's listed digest of the manifest, whose format-2 hash roots bind
+    every record the reader will fetch. A format 1 manifest binds records only through the
+    model key, which every key holder has, so it is refused. Returns every signed digest
+    (store name -> SHA-256 hex)."""
+    where = f"{store.describe()}: {SIGNATURE_NAME}"
+    if sealed.format_version < 2:
+        raise SignatureError(
+            f"{store.describe()} is a format 1 store, whose blobs a signature cannot cover "
+            "without reading them all: re-encrypt it (cmlfs encrypt writes format 2) and sign "
+            "it again, or leave out --trust-publisher"
+        )
+    try:
+        signature = store.read_all(SIGNATURE_NAME, MAX_SIGNATURE_LEN)
+    except ObjectMissing:
+        raise SignatureError(
+            f"{where} is missing: the store is not signed (cmlfs sign), and --trust-publisher "
+            "requires it"
+        ) from None
+    try:
+        digests = signed_digests(signature, publisher)
+    except SignatureError as exc:
+        raise SignatureError(f"{where}: {exc}") from None
+    signed = digests.get(MANIFEST_NAME)
+    if signed is None:
+        raise SignatureError(f"{where} does not list {MANIFEST_NAME}")
+    if not hmac.compare_digest(signed, sealed.sha256):
+        raise SignatureError(
+            f"the manifest in {store.describe()} is not the one publisher "
+            f"{publisher.fingerprint} signed (replaced or changed); refusing it"
+        )
+    return digests
+
+
+def open_signed_store(
+    store_location: str, publisher: PublisherKey, store_settings: StoreSettings | None = None
+) -> tuple[Store, dict[str, str]]:
+    """A store whose manifest ``publisher`` signed (``check_publisher``), without its key:
+    the store and every signed digest, for checking each object whole (``cmlfs verify``)."""
+    store = open_store(store_location, store_settings)
+    return store, check_publisher(store, read_sealed(store), publisher)
+
+
+def read_sealed(store: Store) -> SealedManifest:
+    """``store``'s sealed manifest with what is known of it before the key: its format
+    version, key id and key URI (the envelope) and its digest, which a key bundle's pin
+    or a publisher's signature is checked against. Refused before it is allocated when
+    larger than any manifest."""
+    return SealedManifest.parse(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+
+
+def check_min_version(manifest: Manifest, min_version: str) -> None:
+    """The sealed ``model.version`` is at least ``min_version`` (``version_order``)."""
+    try:
+        version = version_order(manifest.version)
+    except FormatError as exc:
+        raise IntegrityError(
+            f"the model's sealed version {exc}, so --min-model-version cannot order it"
+        ) from None
+    if version < version_order(min_version):
+        raise IntegrityError(
+            f"the model's version {manifest.version} is older than --min-model-version "
+            f"{min_version} (rolled back); refusing it"
+        )
 
 
 def holds_cmlfs_model(location: str, store_settings: StoreSettings | None = None) -> bool:
@@ -108,9 +194,17 @@ def open_jwe_folder(
     key_source: KeySource | None,
     store_settings: StoreSettings | None = None,
     show_plain: bool = False,
+    publisher: PublisherKey | None = None,
+    min_version: str | None = None,
 ) -> tuple[Store, JweListing, bytes]:
     """Open a KServe-style JWE model folder: its listing, and the key as KServe reads the
-    released resource (raw bytes, a JWK, or a base64url ``k`` value)."""
+    released resource (raw bytes, a JWK, or a base64url ``k`` value). Such a folder has
+    neither a publisher signature nor a sealed version: asking for either refuses it."""
+    if publisher is not None or min_version is not None:
+        raise IntegrityError(
+            "a JWE model folder has no publisher signature and no sealed version: leave out "
+            "--trust-publisher and --min-model-version, or import it (cmlfs import) and sign it"
+        )
     if key_source is None:
         raise KeySourceError("a JWE model folder records no key URI: give --key-file or --key-uri")
     if not key_source.authenticated:

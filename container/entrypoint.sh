@@ -10,6 +10,9 @@
 #   CMLFS_KBS_CA  CA file of the key broker's TLS certificate (--kbs-ca); default: system store
 #   CMLFS_STORE_CA CA file of an https://, oci:// or s3:// store's certificate (--store-ca)
 #   CMLFS_HTTP    HOST:PORT of /healthz, /readyz, /metrics (e.g. 0.0.0.0:9100); default: none
+#   CMLFS_TRUST_PUBLISHER  the model publisher's EC public key (PEM file): mount only a store
+#                 signed by it (--trust-publisher); default: none
+#   CMLFS_MIN_MODEL_VERSION  refuse an older sealed model version (--min-model-version)
 #   arguments     more `cmlfs mount` options, e.g. --attester tdx --kbs-ca /etc/cmlfs/ca.crt
 #
 # A stale mount left by a previous run of this container (the daemon was killed) is cleared by
@@ -29,4 +32,10 @@ if [ -n "${CMLFS_KEY_ID:-}" ]; then set -- "$@" --key-id "$CMLFS_KEY_ID"; fi
 if [ -n "${CMLFS_KBS_CA:-}" ]; then set -- "$@" --kbs-ca "$CMLFS_KBS_CA"; fi
 if [ -n "${CMLFS_STORE_CA:-}" ]; then set -- "$@" --store-ca "$CMLFS_STORE_CA"; fi
 if [ -n "${CMLFS_HTTP:-}" ]; then set -- "$@" --http "$CMLFS_HTTP"; fi
+if [ -n "${CMLFS_TRUST_PUBLISHER:-}" ]; then
+  set -- "$@" --trust-publisher "$CMLFS_TRUST_PUBLISHER"
+fi
+if [ -n "${CMLFS_MIN_MODEL_VERSION:-}" ]; then
+  set -- "$@" --min-model-version "$CMLFS_MIN_MODEL_VERSION"
+fi
 exec cmlfs "$@"

@@ -269,6 +269,12 @@ ON_DEMAND_MODULES = (
     "boto3",
     "botocore",
     "tqdm",
+    # publisher signatures: only with --trust-publisher, sign or --sign-key
+    "model_signing",
+    "sigstore",
+    "sigstore_models",
+    "pydantic",
+    "ecdsa",
 )
 
 

@@ -6,9 +6,14 @@ and the CLI only converts ``ValueError`` into argparse's one-line usage error.
 
 import argparse
 import re
+from collections.abc import Callable
+from pathlib import Path
 
+from cmlfs.errors import CmlfsError
 from cmlfs.format.aead import Algorithm
 from cmlfs.format.layout import chunk_size_log2
+from cmlfs.manifest import version_order
+from cmlfs.signature import PublisherKey, load_publisher_key
 from cmlfs.units import parse_size
 
 
@@ -32,6 +37,22 @@ def algorithm(text: str) -> Algorithm:
     try:
         return Algorithm.from_label(text)
     except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def model_version(text: str) -> str:
+    """A version ``--min-model-version`` can order (cmlfs.manifest.version_order)."""
+    try:
+        version_order(text)
+    except CmlfsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def publisher_key(text: str) -> PublisherKey:
+    try:
+        return load_publisher_key(Path(text))
+    except CmlfsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -83,14 +104,33 @@ def cdh_address(text: str) -> str:
     return address
 
 
-def seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    value = _number_of_seconds(text)
     if not 0 <= value <= 600:
         raise argparse.ArgumentTypeError(f"seconds must be 0 to 600, not {text}")
     return value
+
+
+def timeout(limit: float) -> Callable[[str], float]:
+    """A parser of a time limit: seconds above 0 and at most ``limit`` (no NaN or infinity,
+    which the timers below would take as no limit or fail on with a traceback)."""
+
+    def parse(text: str) -> float:
+        value = _number_of_seconds(text)
+        if not 0 < value <= limit:  # NaN fails this too
+            raise argparse.ArgumentTypeError(
+                f"seconds must be above 0 and at most {limit:g}, not {text}"
+            )
+        return value
+
+    return parse
 
 
 def metadata_url(text: str) -> str:

@@ -59,9 +59,9 @@ def add_dev_kbs(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--session-ttl",
-        type=float,
+        type=argtypes.timeout(86400),
         metavar="SECONDS",
-        help="session lifetime (default 300)",
+        help="session lifetime (default 300, at most 86400)",
     )
     p.add_argument(
         "--amd-chain",

@@ -173,8 +173,9 @@ def _add_kbs_ca(parser: Parser) -> None:
         type=Path,
         metavar="FILE",
         help="CA certificate(s) that sign the key broker's TLS certificate (default: the "
-        "system trust store, OpenSSL's default CA file, on Debian "
-        "/etc/ssl/certs/ca-certificates.crt from update-ca-certificates; never certifi)",
+        "system trust store, OpenSSL's default CA file or else folder, on Debian "
+        "/etc/ssl/certs/ca-certificates.crt from update-ca-certificates; never certifi "
+        "and no CA variable of requests)",
     )
 
 
@@ -261,16 +262,18 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="CA certificate(s) that sign the store's TLS certificate: https:// stores, "
-        "registries and their token services, S3 endpoints (default: $REQUESTS_CA_BUNDLE "
-        "or $AWS_CA_BUNDLE when set, else the bundles requests (certifi) and botocore carry)",
+        "registries and their token services, S3 endpoints (default: the file "
+        "$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE names for https:// and oci://, $AWS_CA_BUNDLE "
+        "or the AWS profile's ca_bundle for s3://, else the system trust store as for --kbs-ca; "
+        "never certifi)",
     )
     group.add_argument(
         "--store-timeout",
-        type=float,
+        type=argtypes.timeout(3600),
         default=StoreSettings.timeout,
         metavar="SECONDS",
         help="connect timeout and longest silence while reading an answer "
-        f"(default {StoreSettings.timeout:g})",
+        f"(default {StoreSettings.timeout:g}, at most 3600)",
     )
     group.add_argument(
         "--store-attempts",
@@ -313,13 +316,39 @@ def _default_registry_auth_file() -> Path | None:
     return docker if docker.is_file() else None
 
 
+# --- trust options: whose model, and how new, a mount or verify accepts ----------------------
+
+
+def add_trust_options(parser: argparse.ArgumentParser) -> None:
+    """``--trust-publisher`` (a PublisherKey) and ``--min-model-version``: ``open_model``'s
+    ``publisher`` and ``min_version``, as MountSettings carries them."""
+    group = parser.add_argument_group("publisher and version")
+    group.add_argument(
+        "--trust-publisher",
+        type=argtypes.publisher_key,
+        metavar="PUBLIC.pem",
+        help="accept only a format 2 store whose signature (model.sig, OpenSSF model signing, "
+        "written by cmlfs sign or model_signing sign key) is by this EC public key and lists "
+        "the store's manifest; checked before the key is asked for, without reading the blobs",
+    )
+    group.add_argument(
+        "--min-model-version",
+        type=argtypes.model_version,
+        metavar="VERSION",
+        help="refuse a model whose sealed version (cmlfs encrypt --model-version) is older: "
+        "dotted numbers compared part by part (1.2 = 1.2.0 < 1.10 < 2); a model whose version "
+        "is not a dotted number is refused",
+    )
+
+
 # --- mount options: shared by ``mount`` and ``run`` ------------------------------------------
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
-    """Options of ``mount`` that ``run`` shares: key, store, cache, status server."""
+    """Options of ``mount`` that ``run`` shares: key, trust, store, cache, status server."""
     add_key_options(p, required=False)
     add_insecure_http(p)
+    add_trust_options(p)
     p.add_argument(
         "--cache-size",
         type=argtypes.size,
@@ -375,10 +404,10 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ready-timeout",
-        type=float,
+        type=argtypes.timeout(3600),
         default=300.0,
         metavar="SECONDS",
-        help="how long to wait for the mount to be ready (default 300)",
+        help="how long to wait for the mount to be ready (default 300, at most 3600)",
     )
     p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument(
@@ -412,6 +441,8 @@ def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path) -> Mo
         disk_cache_bytes=args.disk_cache_size,
         key_settings=key_settings(args),
         expected_key_id=args.key_id,
+        publisher=args.trust_publisher,
+        min_version=args.min_model_version,
         status=status,
         show_plain=args.show_plain_files,
     )

@@ -1,10 +1,11 @@
-"""The model owner's commands: keygen, encrypt, push, inspect, verify."""
+"""The model owner's commands: keygen, encrypt, import, sign, push, inspect, verify."""
 
 import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmlfs.cli import argtypes
 from cmlfs.cli.keys import check_registrable, register
@@ -13,6 +14,7 @@ from cmlfs.cli.options import (
     add_insecure_http,
     add_key_options,
     add_store_options,
+    add_trust_options,
     key_settings,
     key_source,
     store_settings,
@@ -20,9 +22,12 @@ from cmlfs.cli.options import (
 from cmlfs.errors import CmlfsError
 from cmlfs.format import FORMAT_VERSIONS
 from cmlfs.keys import FileKeySource, generate_key_file
-from cmlfs.manifest import MANIFEST_NAME, Manifest, read_envelope
+from cmlfs.manifest import Manifest
 from cmlfs.publish import EncryptSettings
 from cmlfs.units import format_size
+
+if TYPE_CHECKING:
+    from cmlfs.stores import Store
 
 
 @contextmanager
@@ -99,8 +104,40 @@ def _add_sealing_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model-name", metavar="N", help="model name (default: the folder name)")
     p.add_argument(
-        "--model-version", default=EncryptSettings.model_version, metavar="V", help="model version"
+        "--model-version",
+        default=EncryptSettings.model_version,
+        metavar="V",
+        help="model version, sealed; a dotted number (such as 3 or 1.2.0) lets servers refuse "
+        "older versions with --min-model-version",
     )
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PRIVATE.pem",
+        help="then sign the new store with this EC private key, as cmlfs sign does",
+    )
+
+
+def _check_sign_key(args: argparse.Namespace) -> None:
+    """Refuse an unusable --sign-key before anything is sealed."""
+    if args.sign_key is not None:
+        from cmlfs.signature import signing_key_fingerprint
+
+        signing_key_fingerprint(args.sign_key)
+
+
+def _sign(store: Path, private_key: Path) -> None:
+    from cmlfs.push import sign_store
+    from cmlfs.signature import SIGNATURE_NAME
+
+    signer, envelope = sign_store(store, private_key)
+    print(f"signed {store} into {store / SIGNATURE_NAME} with key {signer}")
+    if envelope.format_version < 2:
+        print(
+            "note: a format 1 store cannot be mounted with --trust-publisher; re-encrypt it "
+            "(format 2) to have its signature checked at mount",
+            file=sys.stderr,
+        )
 
 
 def _sealing_settings(args: argparse.Namespace, default_name: str) -> EncryptSettings:
@@ -175,6 +212,7 @@ def add_import(sub: argparse._SubParsersAction) -> None:
 def import_jwe(args: argparse.Namespace) -> int:
     from cmlfs.model import import_jwe_folder
 
+    _check_sign_key(args)
     store, listing, key = _open_jwe_folder(args, args.src)
     settings = _sealing_settings(args, Path(args.src.rstrip("/")).name)
     total = 2 * sum(f.size for f in listing.files)
@@ -188,6 +226,8 @@ def import_jwe(args: argparse.Namespace) -> int:
         f"imported {len(manifest.files)} JWE files ({format_size(size)}) of {args.src} into "
         f"{args.store} with {_sealed(manifest)}, sealed with the same key"
     )
+    if args.sign_key is not None:
+        _sign(args.store, args.sign_key)
     return 0
 
 
@@ -196,6 +236,7 @@ def encrypt(args: argparse.Namespace) -> int:
 
     if args.register:
         check_registrable(args.key_uri)
+    _check_sign_key(args)
     key = FileKeySource(args.key_file).fetch_key()
     settings = _sealing_settings(args, args.src.resolve().name)
     with _progress(total_bytes(args.src), "encrypting") as progress:
@@ -205,8 +246,37 @@ def encrypt(args: argparse.Namespace) -> int:
         f"encrypted {len(manifest.files)} files ({format_size(size)}) of {args.src} into "
         f"{args.store} with {_sealed(manifest)}"
     )
+    if args.sign_key is not None:
+        _sign(args.store, args.sign_key)
     if args.register:
         register(args.key_uri, args.key_file, args.store, args)
+    return 0
+
+
+def add_sign(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sign",
+        help="sign an encrypted store folder (OpenSSF model signing, EC key)",
+        description="Sign the manifest and blobs of STORE_DIR (cmlfs encrypt output) with an EC "
+        "P-256/384/521 private key in the OpenSSF model-signing format, offline, into "
+        "STORE_DIR/model.sig (replacing an older signature); cmlfs push carries it. Servers "
+        "check it with --trust-publisher PUBLIC.pem; `model_signing verify key STORE_DIR "
+        "--signature STORE_DIR/model.sig --public_key PUBLIC.pem` accepts it too. Prints the "
+        "key's fingerprint (SHA-256 of its public key DER).",
+    )
+    p.add_argument("store", type=Path, metavar="STORE_DIR")
+    p.add_argument(
+        "--key",
+        type=Path,
+        required=True,
+        metavar="PRIVATE.pem",
+        help="unencrypted EC private key in PEM (openssl ecparam -name prime256v1 -genkey)",
+    )
+    p.set_defaults(func=sign)
+
+
+def sign(args: argparse.Namespace) -> int:
+    _sign(args.store, args.key)
     return 0
 
 
@@ -214,7 +284,8 @@ def add_push(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "push",
         help="upload an encrypted store folder to s3://, oci:// or another folder",
-        description="Upload the blobs and manifest of STORE_DIR (cmlfs encrypt output) to DEST: "
+        description="Upload the blobs, manifest and signature of STORE_DIR (cmlfs encrypt "
+        "output) to DEST: "
         "s3://BUCKET/PREFIX, oci://REGISTRY/REPO:TAG or a folder. Blobs already there are "
         "skipped, so an interrupted push resumes. Prints the reference to mount (for OCI, the "
         "manifest digest).",
@@ -257,16 +328,17 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def inspect(args: argparse.Namespace) -> int:
     from cmlfs.hardening import disable_core_dumps
-    from cmlfs.manifest import MAX_MANIFEST_LEN
-    from cmlfs.model import open_model
+    from cmlfs.model import open_model, read_sealed
     from cmlfs.stores import open_store
     from cmlfs.stores.base import ListingUnsupported
 
     settings = store_settings(args)
     store = open_store(args.store, settings)
-    envelope = read_envelope(store.read_all(MANIFEST_NAME, MAX_MANIFEST_LEN))
+    sealed = read_sealed(store)
+    envelope = sealed.envelope
     print(f"store:       {store.describe()}")
     print(f"format:      {envelope.format_version}")
+    print(f"manifest:    sha256:{sealed.sha256}")
     print(f"key id:      {envelope.key_id}")
     print(f"key uri:     {envelope.key_uri or '(none recorded)'}")
     try:
@@ -274,6 +346,7 @@ def inspect(args: argparse.Namespace) -> int:
     except ListingUnsupported:
         blobs = "(this store cannot list its objects)"
     print(f"blobs:       {blobs}")
+    print(f"signature:   {_signer(store)}")
     source = key_source(args)
     if source is None:
         return 0
@@ -288,15 +361,34 @@ def inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signer(store: "Store") -> str:
+    """Who signed the store, not checked against anyone (that is --trust-publisher's job)."""
+    from cmlfs.signature import MAX_SIGNATURE_LEN, SIGNATURE_NAME, SignatureError, signer_of
+    from cmlfs.stores.base import ObjectMissing
+
+    try:
+        data = store.read_all(SIGNATURE_NAME, MAX_SIGNATURE_LEN)
+    except ObjectMissing:
+        return "(none)"
+    try:
+        return f"{SIGNATURE_NAME} by key {signer_of(data)} (not checked: see --trust-publisher)"
+    except SignatureError as exc:
+        return f"{SIGNATURE_NAME}: {exc}"
+
+
 def add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
         help="decrypt a whole stored model and check every digest",
         description="Authenticate every chunk and compare every file digest with the manifest "
         "(of a KServe JWE model folder: authenticate every JWE file). Exit 0 only when "
-        "everything is intact; otherwise name the first bad file and chunk.",
+        "everything is intact; otherwise name the first bad file and chunk. With "
+        "--trust-publisher, first check the store's signature as a mount does; with "
+        "--trust-publisher and no key, check the signature and every object's SHA-256 "
+        "against the signed digests (as model_signing verify does, on any store kind).",
     )
     _add_stored_model(p)
+    add_trust_options(p)
     p.set_defaults(func=verify)
 
 
@@ -308,8 +400,16 @@ def verify(args: argparse.Namespace) -> int:
     disable_core_dumps()  # the key and every plaintext chunk are about to be in this process
     if not holds_cmlfs_model(args.store, store_settings(args)):
         return _verify_jwe(args)
+    if args.trust_publisher is not None and not (args.key_file or args.key_uri or args.key_id):
+        return _verify_signed(args)
     store, manifest, key = open_model(
-        args.store, key_source(args), store_settings(args), key_settings(args), args.key_id
+        args.store,
+        key_source(args),
+        store_settings(args),
+        key_settings(args),
+        args.key_id,
+        args.trust_publisher,
+        args.min_model_version,
     )
     total = sum(f.size for f in manifest.files)
     with _progress(total, "verifying") as progress:
@@ -318,19 +418,41 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_jwe_folder(args: argparse.Namespace, location: str):
-    """A KServe JWE model folder and its key, from the stored-model options."""
+def _verify_signed(args: argparse.Namespace) -> int:
+    """Without a key: the signature, then every object's SHA-256 against its signed digest."""
+    from cmlfs.model import open_signed_store
+    from cmlfs.stores.base import is_object_name
+    from cmlfs.verify import verify_signed_objects
+
+    if args.min_model_version is not None:
+        raise CmlfsError("the model version is sealed: --min-model-version needs the key")
+    store, digests = open_signed_store(args.store, args.trust_publisher, store_settings(args))
+    total = sum(store.size(name) for name in digests if is_object_name(name))
+    with _progress(total, "hashing") as progress:
+        verify_signed_objects(store, digests, progress)
+    print(
+        f"ok: {len(digests)} objects match the digests signed by {args.trust_publisher.fingerprint}"
+        " (nothing decrypted: give the key to authenticate every chunk too)"
+    )
+    return 0
+
+
+def _open_jwe_folder(args: argparse.Namespace, location: str, **trust: object):
+    """A KServe JWE model folder and its key, from the stored-model options (``trust``:
+    open_jwe_folder's ``publisher`` and ``min_version``, which refuse it)."""
     from cmlfs.model import open_jwe_folder
 
     if args.key_id is not None:
         raise CmlfsError("a JWE model folder has no cmlfs key id: leave out --key-id")
-    return open_jwe_folder(location, key_source(args), store_settings(args))
+    return open_jwe_folder(location, key_source(args), store_settings(args), **trust)
 
 
 def _verify_jwe(args: argparse.Namespace) -> int:
     from cmlfs.verify import verify_jwe_folder
 
-    store, listing, key = _open_jwe_folder(args, args.store)
+    store, listing, key = _open_jwe_folder(
+        args, args.store, publisher=args.trust_publisher, min_version=args.min_model_version
+    )
     total = sum(f.size for f in listing.files)
     with _progress(total, "authenticating") as progress:
         verify_jwe_folder(listing, store, key, progress)
@@ -339,5 +461,5 @@ def _verify_jwe(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    for add in (add_keygen, add_encrypt, add_import, add_push, add_inspect, add_verify):
+    for add in (add_keygen, add_encrypt, add_import, add_sign, add_push, add_inspect, add_verify):
         add(sub)

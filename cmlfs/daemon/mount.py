@@ -110,6 +110,8 @@ def _open_model_reader(settings: MountSettings) -> tuple[Store, Manifest, ModelR
         settings.store_settings,
         settings.key_settings,
         settings.expected_key_id,
+        settings.publisher,
+        settings.min_version,
     )
     disk_cache = None
     if settings.disk_cache is not None:
@@ -136,7 +138,12 @@ def _open_jwe_reader(settings: MountSettings) -> tuple[Store, JweListing, JweRea
             "--workers, --disk-cache and --key-id"
         )
     store, listing, key = open_jwe_folder(
-        settings.store, settings.key_source, settings.store_settings, settings.show_plain
+        settings.store,
+        settings.key_source,
+        settings.store_settings,
+        settings.show_plain,
+        settings.publisher,
+        settings.min_version,
     )
     # A folder is read inline (or as --threads says), as tuned_reader does; from a network
     # store the kernel's readahead asks for several chunks at once, each one request.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from cmlfs.keys import KeySettings, KeySource
 from cmlfs.reader import DEFAULT_CACHE_BYTES
+from cmlfs.signature import PublisherKey
 from cmlfs.stores.base import StoreSettings
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
@@ -32,6 +33,8 @@ class MountSettings:
     disk_cache_bytes: int = 8 << 30
     key_settings: KeySettings = field(default_factory=KeySettings)
     expected_key_id: str | None = None  # --key-id: the model must be sealed for this key
+    publisher: PublisherKey | None = None  # --trust-publisher: the store must be signed by it
+    min_version: str | None = None  # --min-model-version: the oldest sealed version accepted
     status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
     workers: int = 1  # >1: worker processes serve the mount (cmlfs.daemon.workers)
     show_plain: bool = False  # a JWE folder's files that are not JWE are served, unauthenticated

@@ -61,15 +61,26 @@ class HashLayout:
     def blob_size(self) -> int:
         return self.digests_offset + self.digests_len
 
-    def pages_for(self, first: int, last: int) -> range:
-        """Pages holding the leaves of chunks ``first..last``."""
-        return range(first // LEAVES_PER_PAGE, last // LEAVES_PER_PAGE + 1)
+    def pages_for(self, chunks: range) -> range:
+        """Pages holding the leaves of ``chunks`` (consecutive, not empty)."""
+        return range(chunks.start // LEAVES_PER_PAGE, (chunks.stop - 1) // LEAVES_PER_PAGE + 1)
 
-    def pages_span(self, first_page: int, last_page: int) -> tuple[int, int]:
-        """Blob (offset, length) of pages ``first_page..last_page``: one contiguous range."""
-        start = first_page * LEAVES_PER_PAGE
-        end = min((last_page + 1) * LEAVES_PER_PAGE, self.chunks.n_chunks)
+    def pages_span(self, pages: range) -> tuple[int, int]:
+        """Blob (offset, length) of ``pages`` (consecutive): one contiguous range."""
+        start = pages.start * LEAVES_PER_PAGE
+        end = min(pages.stop * LEAVES_PER_PAGE, self.chunks.n_chunks)
         return self.leaves_offset + HASH_LEN * start, HASH_LEN * (end - start)
+
+
+def record_hashes(layout: ChunkLayout, chunks: range, data: bytes | memoryview) -> bytes:
+    """The SHA-256 of each record of ``chunks``, read as one contiguous run: what their
+    leaves must be. hashlib releases the GIL, so a worker thread that fetched the records
+    can hash them while the event loop decrypts others."""
+    view, stride = memoryview(data), layout.record_stride
+    return b"".join(
+        leaf_hash(view[at : at + layout.record_len(chunk)])
+        for chunk, at in zip(chunks, range(0, len(chunks) * stride, stride), strict=True)
+    )
 
 
 def digest_pages(leaves: bytes | memoryview) -> bytes:

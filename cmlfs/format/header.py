@@ -161,18 +161,25 @@ class BlobOpener:
             raise IntegrityError(f"chunk {index}: authentication failed") from None
 
     def open_span(
-        self, first: int, last: int, data: bytes | memoryview, leaves: bytes | None = None
+        self,
+        chunks: range,
+        data: bytes | memoryview,
+        leaves: bytes | None = None,
+        hashes: bytes | None = None,
     ) -> "OpenedSpan":
-        """Open the records of chunks ``first..last`` from one contiguous read of them.
+        """Open the records of ``chunks`` (consecutive) from one contiguous read of them.
 
         The plaintexts land in one buffer, in order, each decrypted straight into
         place. A record that fails (its hash differs from its leaf in ``leaves``, the
         checked leaf hashes of these chunks that a format-2 blob requires, or its
         authentication fails) leaves its part of the buffer zeroed and is listed in
-        ``failures``, so that its intact neighbours stay usable.
+        ``failures``, so that its intact neighbours stay usable. ``hashes``, if given,
+        are the records' hashes computed from these same bytes (``record_hashes``),
+        so they need not be computed again here.
         """
         layout = self.layout
-        _, length = layout.records_span(first, last)
+        _, length = layout.records_span(chunks)
+        first, last = chunks.start, chunks.stop - 1
         if len(data) != length:
             raise IntegrityError(f"chunks {first}..{last}: blob is truncated or extended")
         self._check_leaves(leaves)
@@ -183,14 +190,15 @@ class BlobOpener:
         records = memoryview(data)
         open_into, digest = self._cipher.open_into, self._header_digest
         failures: dict[int, IntegrityError] = {}
-        for position, index in enumerate(range(first, last + 1)):
+        for position, index in enumerate(chunks):
             at, start = position * size, position * stride
             is_last = index == final
             record = records[start:] if is_last else records[start : start + stride]
             target = out[at:] if is_last else out[at : at + size]
             if leaves is not None:
-                leaf = leaves[position * HASH_LEN : (position + 1) * HASH_LEN]
-                if leaf_hash(record) != leaf:
+                own = slice(position * HASH_LEN, (position + 1) * HASH_LEN)
+                found = leaf_hash(record) if hashes is None else hashes[own]
+                if found != leaves[own]:
                     failures[index] = IntegrityError(f"chunk {index}: {_NOT_ITS_HASH}")
                     continue
             try:

@@ -5,7 +5,7 @@ one AES-GCM tag over the whole file, so no byte of it may be trusted before ever
 ciphertext byte has been authenticated (``Authenticator``, one streaming pass that keeps
 no plaintext). Afterwards any range decrypts on its own: GCM's keystream is AES-CTR from
 counter block J0 + 1, so plaintext block ``b`` is ``AES(K, IV || uint32(2 + b))`` XOR
-ciphertext (``decrypt_range``). The base64url ciphertext is cut into chunks of
+ciphertext (``decrypt_chunk``). The base64url ciphertext is cut into chunks of
 ``CHUNK_CHARS`` characters (``CHUNK_BYTES`` ciphertext bytes, a whole number of AES
 blocks), the unit a reader fetches, checks against the digest recorded while
 authenticating (``ChunkDigests``), and decrypts.
@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pybase64
 from cryptography.exceptions import InvalidTag
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
+from cmlfs.format.layout import Chunking
 
 # What KServe's storage initializer (jwcrypto's defaults with an oct key) decrypts and what
 # range decryption can serve: AES key wrap or a direct key, then AES-GCM.
@@ -40,7 +42,6 @@ TAG_LEN = 16
 AES_BLOCK = 16
 CHUNK_BYTES = 768 * 1024  # ciphertext bytes per chunk: a multiple of 3 and of 16
 CHUNK_CHARS = CHUNK_BYTES // 3 * 4  # 1 MiB of base64url text
-DIGEST_LEN = 16  # bytes recorded per chunk: a Poly1305 tag
 MAX_HEADER_CHARS = 8192
 MAX_KEY_CHARS = 1024
 HEAD_BYTES = MAX_HEADER_CHARS + MAX_KEY_CHARS + 64  # where the first three parts must lie
@@ -55,8 +56,10 @@ def is_jwe_name(name: str) -> bool:
 
 
 def served_name(name: str) -> str:
-    """The name a JWE file is served under: without its ``.jwe`` suffix."""
-    return name[: -len(JWE_SUFFIX)] if is_jwe_name(name) else name
+    """The name a JWE file is served under: without its ``.jwe`` suffix (a file named just
+    ``.jwe`` keeps it: nothing would be left)."""
+    base = name.rpartition("/")[2]
+    return name[: -len(JWE_SUFFIX)] if is_jwe_name(name) and len(base) > len(JWE_SUFFIX) else name
 
 
 def b64url_decode(text: bytes, what: str) -> bytes:
@@ -118,9 +121,15 @@ class JweParts:
     def ciphertext_size(self) -> int:
         return self.ct_chars * 3 // 4
 
+    @cached_property
+    def chunks(self) -> Chunking:
+        """The ciphertext cut into ``CHUNK_BYTES`` chunks; the plaintext is cut alike (GCM
+        keeps sizes and offsets)."""
+        return Chunking(CHUNK_BYTES, self.ciphertext_size)
+
     @property
     def n_chunks(self) -> int:
-        return -(-self.ct_chars // CHUNK_CHARS)
+        return self.chunks.n_chunks
 
     def chunk_chars(self, chunk: int) -> tuple[int, int]:
         """(file offset, length) of chunk ``chunk``'s base64url text."""
@@ -272,11 +281,14 @@ class Authenticator:
 class ChunkDigests:
     """A 16-byte digest of each chunk's ciphertext, to recognize it when it is read again.
 
-    Poly1305 under a one-time key per chunk, derived from a random secret of this process
-    (AES of the chunk index): neither the store nor the model's key holder knows the
-    secret or ever sees a digest, so a changed chunk matches its digest with probability
-    below 2^-100 (Poly1305's bound for 768 KiB). A hash such as SHA-256 made most of a
-    read's cost; Poly1305 is several times faster (benchmarks/RESULTS.md, notes).
+    Poly1305 under a one-time key per chunk: AES of the chunk's index under a random
+    secret drawn for this pass (another secret for every pass, so no two chunks, files or
+    processes share a key). A read recomputes its chunk's tag under that key and compares
+    it, as an AEAD's receiver does. Neither the store nor the model's key holder knows the
+    secret or ever sees a digest (none is logged or leaves this object), so each read of a
+    changed chunk matches with probability at most 8 * ceil(L/16) / 2^106, about 2^-87
+    for L = 768 KiB (Poly1305's bound). A hash such as SHA-256 made most of a read's
+    cost; Poly1305 is several times faster (benchmarks/RESULTS.md, notes).
     """
 
     def __init__(self) -> None:
@@ -307,7 +319,7 @@ def decrypt_chunk(key: JweKey, chunk: int, text: bytes, digests: ChunkDigests) -
     block."""
     ciphertext = b64url_decode(text, f"JWE ciphertext chunk {chunk}")
     digests.check(chunk, ciphertext)
-    counter = 2 + chunk * (CHUNK_BYTES // AES_BLOCK)
+    counter = 2 + key.parts.chunks.chunk_offset(chunk) // AES_BLOCK
     nonce = key.iv + counter.to_bytes(4, "big")
     decryptor = Cipher(algorithms.AES(key.cek), modes.CTR(nonce)).decryptor()
     return decryptor.update(ciphertext)  # CTR: finalize() adds nothing

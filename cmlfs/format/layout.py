@@ -2,7 +2,9 @@
 
 A blob is a header followed by one record per plaintext chunk. Every chunk but
 the last holds exactly ``chunk_size`` plaintext bytes; a record is
-``nonce || ciphertext || tag``. Nothing here touches bytes or keys.
+``nonce || ciphertext || tag``. ``Chunking`` is the part of that arithmetic that
+knows no records, shared with KServe JWE files (cmlfs.format.jwe). Nothing here
+touches bytes or keys.
 """
 
 from dataclasses import dataclass
@@ -31,28 +33,23 @@ def chunk_size_log2(chunk_size: int) -> int:
 
 
 @dataclass(frozen=True)
-class ChunkLayout:
-    """Where each chunk of a plaintext of ``plaintext_size`` bytes lives in its blob."""
+class Chunking:
+    """``plaintext_size`` bytes cut into chunks of ``chunk_size`` bytes, every one full but
+    the last: the range arithmetic every chunked read shares (a blob's chunks, a KServe JWE
+    file's ciphertext chunks in cmlfs.format.jwe)."""
 
     chunk_size: int
     plaintext_size: int
 
     def __post_init__(self) -> None:
-        chunk_size_log2(self.chunk_size)
+        if self.chunk_size <= 0:
+            raise ValueError(f"chunk size must be positive, not {self.chunk_size}")
         if not 0 <= self.plaintext_size <= MAX_PLAINTEXT_SIZE:
             raise ValueError(f"plaintext size out of range: {self.plaintext_size}")
 
     @cached_property  # on the read path of every request: computed once
     def n_chunks(self) -> int:
         return -(-self.plaintext_size // self.chunk_size)
-
-    @cached_property
-    def record_stride(self) -> int:
-        return self.chunk_size + RECORD_OVERHEAD
-
-    @property
-    def blob_size(self) -> int:
-        return HEADER_LEN + self.n_chunks * RECORD_OVERHEAD + self.plaintext_size
 
     def is_last(self, index: int) -> bool:
         return index == self.n_chunks - 1
@@ -66,21 +63,6 @@ class ChunkLayout:
         self._check_index(index)
         return min(self.chunk_size, self.plaintext_size - index * self.chunk_size)
 
-    def record_offset(self, index: int) -> int:
-        """Blob offset of the record of chunk ``index``."""
-        self._check_index(index)
-        return HEADER_LEN + index * self.record_stride
-
-    def record_len(self, index: int) -> int:
-        return self.chunk_len(index) + RECORD_OVERHEAD
-
-    def records_span(self, first: int, last: int) -> tuple[int, int]:
-        """Blob (offset, length) covering the records of chunks ``first..last`` inclusive."""
-        if first > last:
-            raise ValueError(f"empty chunk span {first}..{last}")
-        start = self.record_offset(first)
-        return start, self.record_offset(last) + self.record_len(last) - start
-
     def chunks_for_range(self, offset: int, length: int) -> range:
         """Chunk indices holding plaintext bytes ``[offset, offset+length)``, clipped to EOF."""
         if offset < 0 or length < 0:
@@ -92,4 +74,37 @@ class ChunkLayout:
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.n_chunks:
-            raise IndexError(f"chunk {index} out of range (blob has {self.n_chunks})")
+            raise IndexError(f"chunk {index} out of range (there are {self.n_chunks})")
+
+
+@dataclass(frozen=True)
+class ChunkLayout(Chunking):
+    """Where each chunk of a plaintext of ``plaintext_size`` bytes lives in its blob
+    (``chunk_size`` a power of two in the format's bounds)."""
+
+    def __post_init__(self) -> None:
+        chunk_size_log2(self.chunk_size)
+        super().__post_init__()
+
+    @cached_property
+    def record_stride(self) -> int:
+        return self.chunk_size + RECORD_OVERHEAD
+
+    @property
+    def blob_size(self) -> int:
+        return HEADER_LEN + self.n_chunks * RECORD_OVERHEAD + self.plaintext_size
+
+    def record_offset(self, index: int) -> int:
+        """Blob offset of the record of chunk ``index``."""
+        self._check_index(index)
+        return HEADER_LEN + index * self.record_stride
+
+    def record_len(self, index: int) -> int:
+        return self.chunk_len(index) + RECORD_OVERHEAD
+
+    def records_span(self, chunks: range) -> tuple[int, int]:
+        """Blob (offset, length) covering the records of ``chunks`` (consecutive, not empty)."""
+        if not chunks or chunks.step != 1:
+            raise ValueError(f"not a run of chunks: {chunks}")
+        start, last = self.record_offset(chunks.start), chunks.stop - 1
+        return start, self.record_offset(last) + self.record_len(last) - start

@@ -14,7 +14,7 @@ from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys.base import MAX_RESOURCE_LEN, KeySettings, ReleasedKey
 from cmlfs.logfmt import quote
 
-log = logging.getLogger("cmlfs.keys")
+log = logging.getLogger(__name__)
 
 
 class FileKeySource:

@@ -3,15 +3,12 @@
 Sessions ignore requests' environment (no proxy variables, no REQUESTS_CA_BUNDLE)
 and keep no cookies: the KBS client carries its session cookie explicitly. A
 broker's certificate is checked against ``--kbs-ca`` when given, else against
-the system trust store: OpenSSL's default verify locations as the ``ssl`` module
-reports them (on Debian /etc/ssl/certs/ca-certificates.crt, which
-update-ca-certificates maintains; OpenSSL's own SSL_CERT_FILE/SSL_CERT_DIR move
-it), never the certifi bundle requests would use by itself.
+the system trust store (``cmlfs.tls``), never the certifi bundle requests would
+use by itself.
 Every transport failure becomes a KeySourceError naming the broker and the
 cause; a response body is read in pieces and refused once past its cap.
 """
 
-import ssl
 from collections.abc import Mapping
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urlsplit
@@ -20,6 +17,7 @@ import requests
 
 from cmlfs.errors import KeySourceError
 from cmlfs.keys.base import KeySettings
+from cmlfs.tls import missing_store_text, system_ca_location
 
 _CONNECT_TIMEOUT = 5.0
 
@@ -38,14 +36,10 @@ def new_session(settings: KeySettings) -> requests.Session:
 
 def system_trust_store() -> str:
     """The system's CA bundle (file, else folder) for ``verify``; KeySourceError when absent."""
-    paths = ssl.get_default_verify_paths()
-    for location in (paths.cafile, paths.capath):
-        if location:
-            return location
-    raise KeySourceError(
-        f"no system trust store (OpenSSL looks at {paths.openssl_cafile}): "
-        "install ca-certificates or give --kbs-ca"
-    )
+    location = system_ca_location()
+    if location is None:
+        raise KeySourceError(f"{missing_store_text()}: install ca-certificates or give --kbs-ca")
+    return location
 
 
 def send(

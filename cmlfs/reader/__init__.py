@@ -12,6 +12,8 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024  # the page cache keeps what readers re-r
 _MODULE_OF = {
     "ChunkCache": "cache",
     "SingleFlight": "cache",
+    "PlainSpan": "cache",
+    "SealedSpan": "cache",
     "Span": "cache",
     "ModelReader": "reader",
     "ReaderStats": "reader",
@@ -28,7 +30,9 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "ChunkCache",
     "ModelReader",
+    "PlainSpan",
     "ReaderStats",
+    "SealedSpan",
     "SingleFlight",
     "Span",
 ]

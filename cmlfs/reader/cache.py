@@ -22,24 +22,37 @@ T = TypeVar("T")
 
 
 @dataclass(eq=False)
-class Span:
-    """Chunks ``first`` up to ``end`` (exclusive) of file ``file``.
+class PlainSpan:
+    """The authenticated plaintext of chunks ``first`` up to ``end`` (exclusive) of file
+    ``file_index``; ``offset`` is the plaintext offset of chunk ``first`` in the file."""
 
-    ``offset`` is the plaintext offset of chunk ``first`` in the file. A span holds
-    either the chunks' authenticated ``plaintext`` or, if ``records`` is set, their
-    records as fetched (a view of the buffer one fetch filled, which pieces of the
-    same fetch share), not yet opened, with their checked leaf hashes in format 2;
-    once the reader has opened them, ``opened`` leads to the span of their plaintext.
-    """
-
-    file: int
+    file_index: int
     first: int
     end: int
     offset: int
-    plaintext: bytearray | None
-    records: memoryview | None = None
+    plaintext: bytearray
+
+
+@dataclass(eq=False)
+class SealedSpan:
+    """The records of chunks ``first`` up to ``end`` (exclusive) of file ``file_index`` as
+    fetched, not yet authenticated: a view of the buffer one fetch filled, which pieces of
+    the same fetch share, with their checked leaf hashes in format 2. Never served: the
+    reader opens it first, and once it has, ``opened`` leads to the PlainSpan of its
+    plaintext (for readers still holding this span)."""
+
+    file_index: int
+    first: int
+    end: int
+    offset: int
+    records: memoryview
     leaves: bytes | None = None
-    opened: "Span | None" = None
+    hashes: bytes | None = None  # the records' own hashes, computed as they were fetched
+    opened: PlainSpan | None = None
+
+
+# What the cache holds: plaintext, or records to open (a SealedSpan, opened or not yet).
+Span = PlainSpan | SealedSpan
 
 
 class ChunkCache:
@@ -67,12 +80,13 @@ class ChunkCache:
         return len(self._spans)
 
     def __contains__(self, key: tuple[int, int]) -> bool:
-        """Whether chunk ``(file, chunk)`` is cached, without counting or reordering."""
+        """Whether chunk ``(file_index, chunk)`` is cached, without counting or reordering."""
         return key in self._chunks
 
-    def find(self, file: int, chunk: int) -> Span | None:
-        """The span holding ``chunk`` of ``file`` (now the most recently used), or None."""
-        span = self._chunks.get((file, chunk))
+    def find(self, file_index: int, chunk: int) -> Span | None:
+        """The span holding ``chunk`` of file ``file_index`` (now the most recently used),
+        or None."""
+        span = self._chunks.get((file_index, chunk))
         if span is None:
             self.misses += 1
             return None
@@ -85,11 +99,11 @@ class ChunkCache:
         if _charged_len(span) > self.budget - self.held:
             return
         for chunk in range(span.first, span.end):
-            old = self._chunks.get((span.file, chunk))
+            old = self._chunks.get((span.file_index, chunk))
             if old is not None:
                 self._forget(old)
         for chunk in range(span.first, span.end):
-            self._chunks[(span.file, chunk)] = span
+            self._chunks[(span.file_index, chunk)] = span
         self._spans[span] = None
         self._charge(span, 1)
         self._evict()
@@ -115,12 +129,12 @@ class ChunkCache:
         del self._spans[span]
         self._charge(span, -1)
         for chunk in range(span.first, span.end):
-            del self._chunks[(span.file, chunk)]
+            del self._chunks[(span.file_index, chunk)]
 
     def _charge(self, span: Span, sign: int) -> None:
         """Count ``span`` in (``sign`` 1) or out (-1); a fetched buffer only with its
         first span in and its last span out."""
-        if span.records is not None:
+        if isinstance(span, SealedSpan):
             key = id(span.records.obj)
             held = self._buffers.get(key, 0) + sign
             if held:
@@ -134,7 +148,7 @@ class ChunkCache:
 
 def _charged_len(span: Span) -> int:
     """What holding ``span`` costs: its plaintext, or the whole buffer its records are in."""
-    if span.records is not None:
+    if isinstance(span, SealedSpan):
         return len(span.records.obj)
     return len(span.plaintext)
 

@@ -25,7 +25,6 @@ import trio
 
 from cmlfs.errors import CmlfsError, IntegrityError, StoreError
 from cmlfs.format.jwe import (
-    CHUNK_BYTES,
     HEAD_BYTES,
     JWE_MAGIC,
     TAIL_BYTES,
@@ -42,7 +41,7 @@ from cmlfs.format.jwe import (
 from cmlfs.logfmt import quote
 from cmlfs.manifest import DirEntry
 from cmlfs.reader import DEFAULT_CACHE_BYTES
-from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
+from cmlfs.reader.cache import ChunkCache, PlainSpan, SingleFlight
 from cmlfs.reader.reader import MAX_REPORTED_CHUNKS, ReaderStats, run_in_thread
 from cmlfs.stores.base import Store, StoreStats
 
@@ -96,18 +95,26 @@ def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
         raise StoreError(f"{store.describe()} holds more than {MAX_FILES} files")
     now = time.time_ns()
     files: dict[str, JweEntry] = {}
+    clashes: set[str] = set()
     for name in names:
         entry = _entry(store, name, show_plain, now)
-        if entry is None:
+        if entry is None or entry.path in clashes:
             continue
-        other = files.get(entry.path)
-        if other is not None and (other.plain or not entry.plain):
+        other = files.setdefault(entry.path, entry)
+        if other is entry:
+            continue
+        if other.plain != entry.plain:  # the JWE file is served, never the unchecked one
+            skipped, files[entry.path] = (other, entry) if other.plain else (entry, other)
+            log.warning(
+                'event=file_skipped path=%s reason="a JWE file serves this name"',
+                quote(skipped.name),
+            )
+        else:  # two JWE files (x.jwe and x starting with eyJ): neither is served
+            del files[entry.path]
+            clashes.add(entry.path)
             log.warning(
                 'event=file_skipped path=%s reason="two files serve this name"', quote(entry.path)
             )
-            files.pop(entry.path)
-        elif other is None:
-            files[entry.path] = entry
     folders = {""}
     for path in files:
         parts = path.split("/")
@@ -169,7 +176,7 @@ def authenticate_file(
                 start, length = parts.chunk_chars(chunk)
                 authenticator.update(text[start - offset : start - offset + length])
                 if progress is not None:
-                    progress(min(CHUNK_BYTES, parts.ciphertext_size - chunk * CHUNK_BYTES))
+                    progress(parts.chunks.chunk_len(chunk))
         return Authenticated(opened, authenticator.finish())
     except StoreError:
         raise
@@ -212,7 +219,7 @@ class JweReader:
         self._failed: dict[int, IntegrityError] = {}
         self._rejected: set[tuple[int, int]] = set()  # chunks that changed, each logged once
         self._authenticating: SingleFlight[Authenticated] = SingleFlight()
-        self._chunks: SingleFlight[Span] = SingleFlight()
+        self._chunks: SingleFlight[PlainSpan] = SingleFlight()
         self._background = trio.CapacityLimiter(authenticators)
         # Passes run in threads of their own: files being read do not queue behind the
         # background passes (bounded by ``_background``), up to READ_PASSES more at once;
@@ -236,16 +243,16 @@ class JweReader:
         files = self.listing.files
         order = sorted(self.listing.jwe_files, key=lambda i: files[i].size)
         passed = False
-        for index in order:
-            if passed and files[index].size:
+        for file_index in order:
+            if passed and files[file_index].size:
                 return
             try:
-                self._done[index] = self._authenticate(index)
+                self._done[file_index] = self._authenticate(file_index)
                 passed = True
             except IntegrityError as exc:
-                self._fail(index, exc)
-                if not files[index].size:
-                    files[index] = dataclasses.replace(files[index], size=1)
+                self._fail(file_index, exc)
+                if not files[file_index].size:
+                    files[file_index] = dataclasses.replace(files[file_index], size=1)
         if passed:
             return
         reason = self._failed[order[0]] if order else "the folder holds no JWE file"
@@ -260,62 +267,66 @@ class JweReader:
         pending = iter(self.listing.jwe_files)
 
         async def worker() -> None:
-            for index in pending:
+            for file_index in pending:
                 async with self._background:
                     try:
-                        await self._authenticated(index)
+                        await self._authenticated(file_index)
                     except CmlfsError:
                         pass  # logged; reads of the file report it
                     except Exception:
                         log.exception(
-                            "event=authentication_crashed path=%s", quote(self._path(index))
+                            "event=authentication_crashed path=%s", quote(self._path(file_index))
                         )
 
         async with trio.open_nursery() as nursery:
             for _ in range(self._background.total_tokens):
                 nursery.start_soon(worker)
 
-    async def _authenticated(self, index: int) -> Authenticated:
-        """File ``index``'s key and chunk digests, once its whole ciphertext authenticated."""
-        done = self._done.get(index)
+    async def _authenticated(self, file_index: int) -> Authenticated:
+        """File ``file_index``'s key and chunk digests, once its whole ciphertext authenticated."""
+        done = self._done.get(file_index)
         if done is not None:
             return done
-        if index in self._failed:
-            raise self._failed[index]
+        if file_index in self._failed:
+            raise self._failed[file_index]
         if not self._started:
             trio.lowlevel.spawn_system_task(self.authenticate_all)
-        return await self._authenticating.run(index, lambda: self._authenticate_async(index))
+        return await self._authenticating.run(
+            file_index, lambda: self._authenticate_async(file_index)
+        )
 
-    async def _authenticate_async(self, index: int) -> Authenticated:
+    async def _authenticate_async(self, file_index: int) -> Authenticated:
         try:
-            done = await run_in_thread(lambda: self._authenticate(index), self._passes)
+            done = await run_in_thread(lambda: self._authenticate(file_index), self._passes)
         except IntegrityError as exc:
-            self._fail(index, exc)
+            self._fail(file_index, exc)
             raise
         except StoreError:
             self.stats.store_errors += 1  # not recorded: a later read tries again
             raise
-        self._done[index] = done
-        log.info("event=jwe_authenticated path=%s", quote(self._path(index)))
+        self._done[file_index] = done
+        log.info("event=jwe_authenticated path=%s", quote(self._path(file_index)))
         return done
 
-    def _authenticate(self, index: int) -> Authenticated:
-        return authenticate_file(self.store, self.listing.files[index], self._key)
+    def _authenticate(self, file_index: int) -> Authenticated:
+        return authenticate_file(self.store, self.listing.files[file_index], self._key)
 
-    def _fail(self, index: int, error: IntegrityError) -> None:
-        self._failed[index] = error
-        log.error("event=jwe_refused path=%s reason=%s", quote(self._path(index)), quote(error))
+    def _fail(self, file_index: int, error: IntegrityError) -> None:
+        self._failed[file_index] = error
+        log.error(
+            "event=jwe_refused path=%s reason=%s", quote(self._path(file_index)), quote(error)
+        )
 
-    def _path(self, index: int) -> str:
-        return self.listing.files[index].path
+    def _path(self, file_index: int) -> str:
+        return self.listing.files[file_index].path
 
     # --- reads ----------------------------------------------------------------------------
 
-    async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
-        """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF);
+    async def read(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` plaintext bytes of file ``file_index`` from ``offset`` (short at EOF);
         never a byte of a file that has not authenticated."""
         try:
-            return await self._read(index, offset, size)
+            return await self._read(file_index, offset, size)
         except IntegrityError:
             self.stats.integrity_failures += 1
             raise
@@ -323,20 +334,21 @@ class JweReader:
             if self.after_read is not None:
                 self.after_read()
 
-    async def _read(self, index: int, offset: int, size: int) -> bytes | memoryview:
+    async def _read(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
         started = time.perf_counter()
-        entry = self.listing.files[index]
+        entry = self.listing.files[file_index]
         if entry.plain:
             length = max(0, min(size, entry.size - offset))
             result = await self._run(self.store.read_range, entry.name, offset, length)
         else:
-            done = await self._authenticated(index)
-            end = min(offset + size, entry.size)
-            if offset >= end:
+            done = await self._authenticated(file_index)
+            chunks = entry.parts.chunks.chunks_for_range(offset, size)
+            if not chunks:
                 return b""
+            end = min(offset + size, entry.size)
             pieces = []
-            for chunk in range(offset // CHUNK_BYTES, (end - 1) // CHUNK_BYTES + 1):
-                span = await self._chunk(index, chunk, done)
+            for chunk in chunks:
+                span = await self._chunk(file_index, chunk, done)
                 start = max(offset, span.offset) - span.offset
                 pieces.append(memoryview(span.plaintext)[start : end - span.offset])
             result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
@@ -344,31 +356,34 @@ class JweReader:
         self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
 
-    async def _chunk(self, index: int, chunk: int, done: Authenticated) -> Span:
-        span = self.cache.find(index, chunk)
+    async def _chunk(self, file_index: int, chunk: int, done: Authenticated) -> PlainSpan:
+        span = self.cache.find(file_index, chunk)
         if span is not None:
             return span
-        return await self._chunks.run((index, chunk), lambda: self._fetch(index, chunk, done))
+        return await self._chunks.run(
+            (file_index, chunk), lambda: self._fetch(file_index, chunk, done)
+        )
 
-    async def _fetch(self, index: int, chunk: int, done: Authenticated) -> Span:
+    async def _fetch(self, file_index: int, chunk: int, done: Authenticated) -> PlainSpan:
         try:
-            plaintext = await self._run(self._open_chunk, index, chunk, done)
+            plaintext = await self._run(self._open_chunk, file_index, chunk, done)
         except IntegrityError as exc:  # changed since the file authenticated
-            if (index, chunk) not in self._rejected and len(self._rejected) < MAX_REPORTED_CHUNKS:
-                self._rejected.add((index, chunk))
-                log.error(
-                    "event=chunk_rejected path=%s reason=%s", quote(self._path(index)), quote(exc)
-                )
+            key = (file_index, chunk)
+            if key not in self._rejected and len(self._rejected) < MAX_REPORTED_CHUNKS:
+                self._rejected.add(key)
+                path = quote(self._path(file_index))
+                log.error("event=chunk_rejected path=%s reason=%s", path, quote(exc))
             raise
         self.stats.store_requests += 1
         self.stats.chunks_decrypted += 1
         self.stats.bytes_decrypted += len(plaintext)
-        span = Span(index, chunk, chunk + 1, chunk * CHUNK_BYTES, plaintext)
+        offset = self.listing.files[file_index].parts.chunks.chunk_offset(chunk)
+        span = PlainSpan(file_index, chunk, chunk + 1, offset, plaintext)
         self.cache.put(span)
         return span
 
-    def _open_chunk(self, index: int, chunk: int, done: Authenticated) -> bytes:
-        return open_chunk(self.store, self.listing.files[index], done, chunk)
+    def _open_chunk(self, file_index: int, chunk: int, done: Authenticated) -> bytes:
+        return open_chunk(self.store, self.listing.files[file_index], done, chunk)
 
     async def _run(self, function: Callable, *args: object):
         try:

@@ -47,12 +47,14 @@ from cmlfs.format.hashlist import (
     HashLayout,
     check_digests,
     check_pages,
+    record_hashes,
 )
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
+from cmlfs.logfmt import quote
 from cmlfs.manifest import FileEntry, Manifest
 from cmlfs.reader import DEFAULT_CACHE_BYTES
-from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
+from cmlfs.reader.cache import ChunkCache, PlainSpan, SealedSpan, SingleFlight, Span
 from cmlfs.stores.base import Store, StoreStats
 from cmlfs.stores.diskcache import DiskCache
 
@@ -107,7 +109,7 @@ class ReaderStats:
 
 
 class _Flight:
-    """One fetch of chunks ``first..last`` of a file in progress.
+    """One fetch of chunks ``first`` up to ``end`` (exclusive) of a file in progress.
 
     Readers of any of its chunks wait for it instead of fetching again (single
     flight per chunk). When it is done, ``spans`` cover its chunks, with their opened
@@ -116,8 +118,8 @@ class _Flight:
     cancelled.
     """
 
-    def __init__(self, file: int, first: int, last: int) -> None:
-        self.file, self.first, self.last = file, first, last
+    def __init__(self, file_index: int, first: int, end: int) -> None:
+        self.file_index, self.first, self.end = file_index, first, end
         self.leaves: bytes | None = None  # format 2: the checked leaf hashes of its chunks
         self.done = trio.Event()
         self.spans: list[Span] = []
@@ -140,6 +142,7 @@ class ModelReader:
         disk_cache: DiskCache | None = None,
         inline: bool = False,
         log_failures: bool = True,
+        hash_in_thread: bool = True,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -156,6 +159,9 @@ class ModelReader:
         self._pages_bytes = 0
         self._reported: set[tuple[int, int]] = set()
         self._log_failures = log_failures  # off where the caller reports them (cmlfs verify)
+        # An inline reader hashes format-2 records in a thread unless its event loop may sit
+        # in a blocking FUSE read that no thread's result could wake (a worker process).
+        self._hash_in_thread = inline and hash_in_thread and disk_cache is None
         self._flights: dict[tuple[int, int], _Flight] = {}
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
@@ -183,34 +189,35 @@ class ModelReader:
         """The store's own counters, so metrics read a reader and a WorkerBoard alike."""
         return self.store.stats
 
-    async def read(self, index: int, offset: int, size: int) -> bytes | memoryview:
-        """Up to ``size`` plaintext bytes of file ``index`` from ``offset`` (short at EOF).
+    async def read(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to ``size`` plaintext bytes of file ``file_index`` from ``offset`` (short at EOF).
 
         The result is bytes or a read-only view; never a byte that failed authentication.
         ``after_read``, when set, runs after every read, failed ones included.
         """
         try:
-            return await self._read(index, offset, size)
+            return await self._read(file_index, offset, size)
         finally:
             if self.after_read is not None:
                 self.after_read()
 
-    async def _read(self, index: int, offset: int, size: int) -> bytes | memoryview:
+    async def _read(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
         started = time.perf_counter()
-        layout = self._layouts[index]
+        layout = self._layouts[file_index]
         chunks = layout.chunks_for_range(offset, size)
         if not chunks:
             return b""
         end = min(offset + size, layout.plaintext_size)
-        first, last = chunks.start, chunks.stop - 1
         if self._max_ahead:
-            self._prefetch(index, offset, end, last)
+            self._prefetch(file_index, offset, end, chunks.stop)
         pieces = []
-        chunk = first
-        while chunk <= last:
-            span = self.cache.find(index, chunk) or await self._fetched(index, chunk, last)
-            if span.records is not None:
-                span = self._opened(span, chunk, last)
+        chunk = chunks.start
+        while chunk < chunks.stop:
+            span = self.cache.find(file_index, chunk) or await self._fetched(
+                file_index, chunk, chunks.stop
+            )
+            if isinstance(span, SealedSpan):
+                span = self._opened(span, chunk, chunks.stop)
             # From ``chunk`` on: a span fetched after an eviction may start before it.
             start = max(offset, layout.chunk_offset(chunk))
             pieces.append(memoryview(span.plaintext)[start - span.offset : end - span.offset])
@@ -220,121 +227,127 @@ class ModelReader:
         self.stats.read_seconds.observe(time.perf_counter() - started)
         return result
 
-    async def check(self, index: int) -> None:
-        """Check file ``index``'s blob header and size against the manifest (no chunk read)."""
-        await self._opener(index)
+    async def check(self, file_index: int) -> None:
+        """Check file ``file_index``'s blob header and size against the manifest (no chunk
+        read)."""
+        await self._opener(file_index)
 
-    async def _fetched(self, index: int, chunk: int, last: int) -> Span:
+    async def _fetched(self, file_index: int, chunk: int, end: int) -> Span:
         """The span holding ``chunk``, fetched (with the missing chunks after it, up to
-        ``last`` or the end of its run) or awaited from the fetch already in flight."""
+        ``end`` or the end of its run) or awaited from the fetch already in flight."""
         while True:
-            flight = self._flights.get((index, chunk))
+            flight = self._flights.get((file_index, chunk))
             if flight is None:
-                flight = self._launch(index, chunk, last)
+                flight = self._launch(file_index, chunk, end)
                 await self._fly(flight)
             else:
                 await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
             if flight.spans:
-                self._raise_failed(flight.failures, chunk, last)
+                self._raise_failed(flight.failures, chunk, end)
                 return next(span for span in flight.spans if chunk < span.end)
             # The leader was cancelled: nothing to share, so this reader fetches.
 
-    def _report(self, file: int, failures: dict[int, IntegrityError]) -> None:
+    def _report(self, file_index: int, failures: dict[int, IntegrityError]) -> None:
         """Log each failed chunk once, however often it is read (at most the first
         ``MAX_REPORTED_CHUNKS``): the store keeps serving a damaged record."""
         for chunk, error in failures.items():
-            key = (file, chunk)
+            key = (file_index, chunk)
             if key not in self._reported and len(self._reported) < MAX_REPORTED_CHUNKS:
                 self._reported.add(key)
                 self._log_failure("event=chunk_rejected reason=%s", error)
 
     def _log_failure(self, message: str, error: IntegrityError) -> None:
         if self._log_failures:
-            log.error(message, error)
+            log.error(message, quote(error))
 
-    def _raise_failed(self, failures: dict[int, IntegrityError], chunk: int, last: int) -> None:
-        """Raise the error of the first failed chunk from ``chunk`` to ``last``, if any."""
+    def _raise_failed(self, failures: dict[int, IntegrityError], chunk: int, end: int) -> None:
+        """Raise the error of the first failed chunk from ``chunk`` up to ``end``, if any."""
         for failed in sorted(failures):
-            if chunk <= failed <= last:
+            if chunk <= failed < end:
                 self.stats.integrity_failures += 1
                 raise failures[failed]
 
-    def _opened(self, span: Span, chunk: int, last: int) -> Span:
+    def _opened(self, span: SealedSpan, chunk: int, end: int) -> PlainSpan:
         """The plaintext span of fetched records ``span``, opened here on the event loop
         if no read has yet; it replaces them in the cache if every chunk authenticated,
         else they are dropped (a later read fetches them again)."""
         if span.opened is not None:
             return span.opened
-        entry = self.manifest.files[span.file]
-        opener = self._openers[span.file]
-        opened = _open_records(entry, opener, span.first, span.end - 1, span.records, span.leaves)
-        plain = self._plaintext_span(span.file, span.end - 1, opened)
+        entry = self.manifest.files[span.file_index]
+        opener = self._openers[span.file_index]
+        chunks = range(span.first, span.end)
+        opened = _open_records(entry, opener, chunks, span.records, span.leaves, span.hashes)
+        plain = self._plaintext_span(span.file_index, chunks, opened)
         if opened.failures:
             self.cache.discard(span)
-            self._report(span.file, opened.failures)
-            self._raise_failed(opened.failures, chunk, last)
+            self._report(span.file_index, opened.failures)
+            self._raise_failed(opened.failures, chunk, end)
         else:
             span.opened = plain
             self.cache.put(plain)
         return plain
 
-    def _plaintext_span(self, file: int, last: int, opened: OpenedSpan) -> Span:
+    def _plaintext_span(self, file_index: int, chunks: range, opened: OpenedSpan) -> PlainSpan:
         """The span of ``opened``'s plaintext, counted as decrypted but for failed chunks."""
-        layout = self._layouts[file]
-        first = opened.first
-        span = Span(file, first, last + 1, layout.chunk_offset(first), opened.plaintext)
-        self.stats.chunks_decrypted += last + 1 - first - len(opened.failures)
+        layout = self._layouts[file_index]
+        first, end = chunks.start, chunks.stop
+        span = PlainSpan(file_index, first, end, layout.chunk_offset(first), opened.plaintext)
+        self.stats.chunks_decrypted += len(chunks) - len(opened.failures)
         self.stats.bytes_decrypted += len(opened.plaintext) - sum(
             layout.chunk_len(c) for c in opened.failures
         )
         return span
 
-    def _launch(self, index: int, chunk: int, last: int) -> _Flight:
+    def _launch(self, file_index: int, chunk: int, end: int) -> _Flight:
         """Claim the chunks around ``chunk`` that are neither cached nor in flight: back to
-        the start of its run, forward to ``last`` or the end of its run, whichever is
+        the start of its run, forward up to ``end`` or the end of its run, whichever is
         further; with one-chunk runs exactly the missing chunks of the request."""
         run = self._run_chunks
         free = self._free
         first = chunk
         run_start = chunk - chunk % run
-        while first > run_start and free(index, first - 1):
+        while first > run_start and free(file_index, first - 1):
             first -= 1
-        stop = min(max(last, run_start + run - 1), self._layouts[index].n_chunks - 1)
-        end = chunk
-        while end < stop and free(index, end + 1):
-            end += 1
-        flight = _Flight(index, first, end)
-        for claimed in range(first, end + 1):
-            self._flights[(index, claimed)] = flight
+        stop = min(max(end, run_start + run), self._layouts[file_index].n_chunks)
+        claimed_end = chunk + 1
+        while claimed_end < stop and free(file_index, claimed_end):
+            claimed_end += 1
+        flight = _Flight(file_index, first, claimed_end)
+        for claimed in range(first, claimed_end):
+            self._flights[(file_index, claimed)] = flight
         return flight
 
-    def _free(self, index: int, chunk: int) -> bool:
-        key = (index, chunk)
+    def _free(self, file_index: int, chunk: int) -> bool:
+        key = (file_index, chunk)
         return key not in self.cache and key not in self._flights
 
     async def _fly(self, flight: _Flight) -> None:
         """Fetch ``flight``'s chunks, and open them unless reads will; the outcome is left
         on the flight for all its readers. Only cancellation propagates."""
         try:
-            opener = await self._opener(flight.file)
-            entry = self.manifest.files[flight.file]
-            flight.leaves = await self._leaves(flight.file, opener, flight.first, flight.last)
+            opener = await self._opener(flight.file_index)
+            entry = self.manifest.files[flight.file_index]
+            chunks = range(flight.first, flight.end)
+            flight.leaves = await self._leaves(flight.file_index, opener, chunks)
             if self._open_on_read:
-                offset, length = opener.layout.records_span(flight.first, flight.last)
-                read = self.store.read_range
-                records = await self._run_blocking(read, entry.blob_name, offset, length)
+                offset, length = opener.layout.records_span(chunks)
+                args = (entry, opener, chunks)
+                records, hashes = await self._run_blocking(self._fetch_records, *args)
                 # In pieces only if the cache can hold them: a reader reads on from the
                 # cache, and a piece it cannot find there would be fetched again.
                 piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
-                spans = _record_spans(flight, opener.layout, offset, memoryview(records), piece)
+                spans = _record_spans(flight, opener.layout, offset, records, hashes, piece)
             else:
-                args = (entry, opener, flight.first, flight.last, flight.leaves)
-                opened = await self._run_blocking(self._fetch_and_open, *args)
-                spans = [self._plaintext_span(flight.file, flight.last, opened)]
+                args = (entry, opener, chunks, flight.leaves)
+                if self._hash_in_thread and opener.hashed:
+                    opened = await self._fetch_hash_and_open(*args)
+                else:
+                    opened = await self._run_blocking(self._fetch_and_open, *args)
+                spans = [self._plaintext_span(flight.file_index, chunks, opened)]
                 flight.failures = opened.failures
-                self._report(flight.file, opened.failures)
+                self._report(flight.file_index, opened.failures)
             self.stats.store_requests += 1
             if not flight.failures:
                 for span in spans:
@@ -343,12 +356,13 @@ class ModelReader:
         except Exception as exc:
             flight.error = exc
         finally:
-            for claimed in range(flight.first, flight.last + 1):
-                del self._flights[(flight.file, claimed)]
+            for claimed in range(flight.first, flight.end):
+                del self._flights[(flight.file_index, claimed)]
             flight.done.set()
 
-    def _prefetch(self, index: int, offset: int, end: int, last: int) -> None:
-        """Fetch the chunks after a sequential read into the cache in the background.
+    def _prefetch(self, file_index: int, offset: int, end: int, chunks_end: int) -> None:
+        """Fetch the chunks after a sequential read (of bytes ``offset`` up to ``end``, in
+        chunks up to ``chunks_end``) into the cache in the background.
 
         How far ahead doubles with each sequential read up to the maximum, and each
         background request grows with it, to a ``PREFETCH_SPLIT``th of that window: a long
@@ -357,93 +371,122 @@ class ModelReader:
         larger requests read faster with less CPU (benchmarks/RESULTS.md). A read elsewhere
         stops prefetching for the file until reads are sequential again.
         """
-        sequential = self._next_offset.get(index) == offset
-        self._next_offset[index] = end
+        sequential = self._next_offset.get(file_index) == offset
+        self._next_offset[file_index] = end
         if not sequential:
-            self._ahead[index] = 0
-            self._frontier.pop(index, None)
+            self._ahead[file_index] = 0
+            self._frontier.pop(file_index, None)
             return
-        layout = self._layouts[index]
+        layout = self._layouts[file_index]
         size = layout.chunk_size
         least = max(self._run_chunks, PREFETCH_UNIT_BYTES // size)
-        ahead = self._ahead[index] = min(max(least * size, 2 * self._ahead[index]), self._max_ahead)
+        ahead = self._ahead[file_index] = min(
+            max(least * size, 2 * self._ahead[file_index]), self._max_ahead
+        )
         # Never more than the window: a window smaller than a run still fetches.
         unit = min(max(least, ahead // PREFETCH_SPLIT // size), max(1, ahead // size))
-        stop = min(last + 1 + ahead // size, layout.n_chunks)
-        chunk = max(self._frontier.get(index, 0), last + 1)
+        stop = min(chunks_end + ahead // size, layout.n_chunks)
+        chunk = max(self._frontier.get(file_index, 0), chunks_end)
         # Whole requests only, but for the file's tail: the window moves on with every read.
         while chunk + unit <= stop or (stop == layout.n_chunks and chunk < stop):
-            if self._free(index, chunk):  # else cached or on its way
-                flight = self._launch(index, chunk, min(chunk + unit, stop) - 1)
+            if self._free(file_index, chunk):  # else cached or on its way
+                flight = self._launch(file_index, chunk, min(chunk + unit, stop))
                 trio.lowlevel.spawn_system_task(self._fly, flight)
-                chunk = flight.last + 1
+                chunk = flight.end
             else:
                 chunk += 1
-        self._frontier[index] = chunk
+        self._frontier[file_index] = chunk
+
+    def _fetch_records(
+        self, entry: FileEntry, opener: BlobOpener, chunks: range
+    ) -> tuple[memoryview, bytes | None]:
+        """The records of ``chunks`` and, in format 2, their hashes, computed here (a worker
+        thread) so that the event loop only compares them with the leaves."""
+        offset, length = opener.layout.records_span(chunks)
+        records = memoryview(self.store.read_range(entry.blob_name, offset, length))
+        if not opener.hashed:
+            return records, None
+        return records, record_hashes(opener.layout, chunks, records)
+
+    async def _fetch_hash_and_open(
+        self, entry: FileEntry, opener: BlobOpener, chunks: range, leaves: bytes
+    ) -> OpenedSpan:
+        """An inline reader's format-2 fetch: read and opened on the event loop like any,
+        but its records hashed in a worker thread (hashlib releases the GIL), during which
+        the event loop goes on with other reads. Hashing inline would add about a quarter
+        to the event loop's work per byte (SHA-256 ~1.7 GB/s a core, tink's GCM-SIV ~2.5)."""
+        offset, length = opener.layout.records_span(chunks)
+        data = await self._run_blocking(self.store.read_range, entry.blob_name, offset, length)
+        hashing = functools.partial(record_hashes, opener.layout, chunks, data)
+        hashes = await run_in_thread(hashing, self._limiter)
+        return _open_records(entry, opener, chunks, data, leaves, hashes)
 
     def _fetch_and_open(
-        self, entry: FileEntry, opener: BlobOpener, first: int, last: int, leaves: bytes | None
+        self, entry: FileEntry, opener: BlobOpener, chunks: range, leaves: bytes | None
     ) -> OpenedSpan:
-        """The opened plaintext of chunks ``first..last``; failed chunks are listed.
+        """The opened plaintext of ``chunks``; failed chunks are listed.
 
         A disk-cached span that fails to authenticate (or to match ``leaves``) is dropped
         and fetched again; a fetched span enters the disk cache only if every chunk of it
         authenticated.
         """
-        offset, length = opener.layout.records_span(first, last)
+        offset, length = opener.layout.records_span(chunks)
         cache = self._disk_cache
         if cache:
             cached = cache.get(entry.blob_name, offset, length)
-            span = None if cached is None else _open_all(opener, first, last, cached, leaves)
+            span = None if cached is None else _open_all(opener, chunks, cached, leaves)
             if span is not None:
                 return span
             if cached is not None:
                 cache.discard(entry.blob_name, offset, length)
         data = self.store.read_range(entry.blob_name, offset, length)
-        span = _open_records(entry, opener, first, last, data, leaves)
+        span = _open_records(entry, opener, chunks, data, leaves)
         if cache and not span.failures:
             cache.put(entry.blob_name, offset, length, data)
         return span
 
-    async def _opener(self, index: int) -> BlobOpener:
-        opener = self._openers.get(index)
+    async def _opener(self, file_index: int) -> BlobOpener:
+        opener = self._openers.get(file_index)
         if opener is None:
-            opener, digests = await self._opening.run(index, lambda: self._open_blob(index))
-            if index not in self._openers:  # the first of the callers the flight served
-                self._openers[index] = opener
+            opener, digests = await self._opening.run(
+                file_index, lambda: self._open_blob(file_index)
+            )
+            if file_index not in self._openers:  # the first of the callers the flight served
+                self._openers[file_index] = opener
                 if digests is not None:
-                    self._digests[index] = digests
+                    self._digests[file_index] = digests
                     self.cache.hold(len(digests))
         return opener
 
-    async def _open_blob(self, index: int) -> tuple[BlobOpener, bytes | None]:
-        return await self._run_blocking(self._check_blob, self.manifest.files[index])
+    async def _open_blob(self, file_index: int) -> tuple[BlobOpener, bytes | None]:
+        return await self._run_blocking(self._check_blob, self.manifest.files[file_index])
 
-    async def _leaves(self, file: int, opener: BlobOpener, first: int, last: int) -> bytes | None:
-        """The checked leaf hashes of chunks ``first..last`` of a format-2 file (None in
+    async def _leaves(self, file_index: int, opener: BlobOpener, chunks: range) -> bytes | None:
+        """The checked leaf hashes of ``chunks`` of a format-2 file (None in
         format 1): from the pages held, the missing ones read in one request and checked
         against the file's page digests. A page that does not match fails every read that
         needs it; it is never held."""
         if not opener.hashed:
             return None
-        pages = HashLayout(opener.layout).pages_for(first, last)
-        found = [self._pages.get((file, page)) for page in pages]
+        pages = HashLayout(opener.layout).pages_for(chunks)
+        found = [self._pages.get((file_index, page)) for page in pages]
         missing = [page for page, data in zip(pages, found, strict=True) if data is None]
         if missing:
-            entry = self.manifest.files[file]
-            offset, length = HashLayout(opener.layout).pages_span(missing[0], missing[-1])
-            digests = self._digests[file]
+            entry = self.manifest.files[file_index]
+            fetched = range(missing[0], missing[-1] + 1)
+            offset, length = HashLayout(opener.layout).pages_span(fetched)
+            digests = self._digests[file_index]
             check = functools.partial(check_pages, digests, missing[0])
             data = await self._run_blocking(self._fetch_hashes, entry, offset, length, check)
-            for page in range(missing[0], missing[-1] + 1):
+            for page in fetched:
                 at = (page - missing[0]) * PAGE_LEN
                 found[page - pages.start] = held = data[at : at + PAGE_LEN]
-                self._hold_page((file, page), held)
+                self._hold_page((file_index, page), held)
         for page in pages:
-            if (file, page) in self._pages:
-                self._pages.move_to_end((file, page))
-        start = (first - pages.start * LEAVES_PER_PAGE) * HASH_LEN
-        return b"".join(found)[start : start + (last + 1 - first) * HASH_LEN]
+            if (file_index, page) in self._pages:
+                self._pages.move_to_end((file_index, page))
+        start = (chunks.start - pages.start * LEAVES_PER_PAGE) * HASH_LEN
+        return b"".join(found)[start : start + len(chunks) * HASH_LEN]
 
     def _hold_page(self, key: tuple[int, int], page: bytes) -> None:
         """Keep a checked page, dropping the least recently used beyond the pages' share."""
@@ -554,14 +597,14 @@ async def run_in_thread(function: Callable[[], T], limiter: trio.CapacityLimiter
 def _open_records(
     entry: FileEntry,
     opener: BlobOpener,
-    first: int,
-    last: int,
+    chunks: range,
     data: bytes | memoryview,
     leaves: bytes | None,
+    hashes: bytes | None = None,
 ) -> OpenedSpan:
-    """Chunks ``first..last`` opened from their records; errors name the file."""
+    """``chunks`` opened from their records; errors name the file."""
     try:
-        span = opener.open_span(first, last, data, leaves)
+        span = opener.open_span(chunks, data, leaves, hashes)
     except IntegrityError as exc:
         raise IntegrityError(f"{entry.path}: {exc}") from None
     for chunk, error in span.failures.items():
@@ -570,31 +613,37 @@ def _open_records(
 
 
 def _record_spans(
-    flight: _Flight, layout: ChunkLayout, base: int, records: memoryview, piece: int
-) -> list[Span]:
+    flight: _Flight,
+    layout: ChunkLayout,
+    base: int,
+    records: memoryview,
+    hashes: bytes | None,
+    piece: int,
+) -> list[SealedSpan]:
     """Spans of ``flight``'s records, fetched from blob offset ``base``, each of the
-    chunks of ``piece`` bytes."""
+    chunks of ``piece`` bytes, with their leaves and hashes in format 2."""
     step = max(1, piece // layout.chunk_size)
     spans = []
     leaves = flight.leaves
-    for first in range(flight.first, flight.last + 1, step):
-        last = min(first + step, flight.last + 1) - 1
-        start, length = layout.records_span(first, last)
+    for first in range(flight.first, flight.end, step):
+        chunks = range(first, min(first + step, flight.end))
+        start, length = layout.records_span(chunks)
         piece = records[start - base : start - base + length]
-        span = Span(flight.file, first, last + 1, layout.chunk_offset(first), None, piece)
-        if leaves is not None:
+        span = SealedSpan(flight.file_index, first, chunks.stop, layout.chunk_offset(first), piece)
+        if leaves is not None and hashes is not None:
             at = (first - flight.first) * HASH_LEN
-            span.leaves = leaves[at : at + (last + 1 - first) * HASH_LEN]
+            end = at + len(chunks) * HASH_LEN
+            span.leaves, span.hashes = leaves[at:end], hashes[at:end]
         spans.append(span)
     return spans
 
 
 def _open_all(
-    opener: BlobOpener, first: int, last: int, data: bytes, leaves: bytes | None
+    opener: BlobOpener, chunks: range, data: bytes, leaves: bytes | None
 ) -> OpenedSpan | None:
     """The opened run if every chunk of ``data`` matches and authenticates, else None."""
     try:
-        span = opener.open_span(first, last, data, leaves)
+        span = opener.open_span(chunks, data, leaves)
     except IntegrityError:
         return None
     return None if span.failures else span

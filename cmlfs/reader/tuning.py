@@ -31,7 +31,8 @@ def tuned_reader(
 
     From a local folder, reading and opening a run inline on the event loop beats
     handing it to a worker thread (measured in benchmarks/RESULTS.md): the daemon's one
-    thread is the bottleneck either way, and the hand-off only adds to it. Worker
+    thread is the bottleneck either way, and the hand-off only adds to it (a format-2
+    model's records are hashed in a thread even so: ModelReader._fetch_hash_and_open). Worker
     processes always read inline (a worker whose event loop waits in a blocking FUSE
     read could not pass on a thread's result), and from a network store they fetch
     just the chunks a read misses: a longer run would be fetched again by every worker
@@ -54,4 +55,5 @@ def tuned_reader(
         prefetch_bytes=REMOTE_PREFETCH_BYTES,
         disk_cache=disk_cache,
         inline=threads == 0,
+        hash_in_thread=one_process,
     )

@@ -1,6 +1,7 @@
 """The Store protocol every backend implements.
 
-Names are relative, slash-separated (``manifest.cmlfs``, ``blobs/<sha256>``).
+Names are relative, slash-separated (``manifest.cmlfs``, ``blobs/<sha256>``, and the
+publisher's signature ``model.sig`` when the model is signed).
 ``read_range`` returns exactly the bytes asked for or raises StoreError;
 callers never see a short read as data.
 """
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Protocol
 
 from cmlfs.errors import StoreError
+from cmlfs.signature import SIGNATURE_NAME
+from cmlfs.tls import missing_store_text, system_ca_location
 
-_NAME = re.compile(r"(manifest\.cmlfs|blobs/[0-9a-f]{64})")
+_NAME = re.compile(rf"(manifest\.cmlfs|{re.escape(SIGNATURE_NAME)}|blobs/[0-9a-f]{{64}})")
 _MAX_FILE_NAME = 4096
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
 MAX_WHOLE_READ = 128 * 1024 * 1024
@@ -44,12 +47,13 @@ class StoreSettings:
     timeout: float = 30.0  # seconds to connect, and of silence while reading a response
     attempts: int = 4  # tries per request before a read fails with EIO
     registry_auth_file: Path | None = None  # docker/podman auth.json for oci:// stores
-    ca_file: Path | None = None  # CA bundle for the store's TLS certificate; None: system CAs
+    ca_file: Path | None = None  # CA bundle for the store's TLS certificate (--store-ca)
 
     def ca_bundle(self) -> str | None:
-        """``verify`` for ``requests`` and boto3: the CA bundle, or None for their default
-        (system CAs, or a bundle their environment names). A missing file is refused here,
-        in one clear line, rather than deep in the TLS library at the first connection."""
+        """``verify`` for ``requests`` and boto3: the ``--store-ca`` file, or None when
+        none was given (then the file a CA variable of the library names, else
+        ``system_trust()``). A missing file is refused here, in one clear line, rather than
+        deep in the TLS library at the first connection."""
         if self.ca_file is None:
             return None
         if not self.ca_file.is_file():
@@ -57,11 +61,32 @@ class StoreSettings:
         return str(self.ca_file)
 
 
+def system_trust() -> str:
+    """The system trust store, the stores' default as it is the key broker's (not the
+    certifi bundle the HTTP libraries carry); StoreError when the system has none."""
+    location = system_ca_location()
+    if location is None:
+        raise StoreError(f"{missing_store_text()}: install ca-certificates or give --store-ca")
+    return location
+
+
 def check_name(name: str) -> str:
     """Refuse any object name outside the store layout (no traversal, no surprises)."""
-    if not _NAME.fullmatch(name):
+    if not is_object_name(name):
         raise StoreError(f"invalid store object name {name!r}")
     return name
+
+
+def is_object_name(name: str) -> bool:
+    """Whether ``name`` is one of the store layout's objects (``check_name`` accepts it)."""
+    return _NAME.fullmatch(name) is not None
+
+
+def content_addressed(name: str) -> bool:
+    """Whether ``name`` is a blob, named by its digest, so that one already in a store with
+    the right size is the same blob and a push skips it; the manifest and the signature
+    change with every version and are always written."""
+    return name.startswith("blobs/")
 
 
 def check_file_name(name: str) -> str:
@@ -137,10 +162,10 @@ class Store(Protocol):
         ...
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
-        """Upload file ``source`` as ``name`` unless an object of that size is already there.
+        """Upload file ``source`` as ``name`` unless it is a blob (``content_addressed``)
+        of that size already there.
 
-        Returns False when it was skipped. Objects are content-addressed, so a
-        present blob of the right size is the same blob.
+        Returns False when it was skipped: a present blob of the right size is the same blob.
         """
         ...
 

@@ -33,6 +33,7 @@ from cmlfs.stores.base import (
     RangedStore,
     StoreSettings,
     check_name,
+    system_trust,
 )
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
 
@@ -179,9 +180,11 @@ class HttpTransport:
 
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
-        self.verify = settings.ca_bundle()
+        self.verify = settings.ca_bundle()  # --store-ca, or None: the session's below
         self.retry = RetryPolicy(attempts=settings.attempts)
         self.session = CachedEnvironmentSession()
+        if self.verify is None:  # $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE when set, else this
+            self.session.verify = system_trust()
         adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -1,5 +1,5 @@
-"""A store in a local folder: ``manifest.cmlfs`` and ``blobs/<sha256>``, or (``files``) a
-folder of ordinary files such as a JWE model folder, read-only."""
+"""A store in a local folder: ``manifest.cmlfs``, ``blobs/<sha256>`` and ``model.sig``, or
+(``files``) a folder of ordinary files such as a JWE model folder, read-only."""
 
 import errno
 import os
@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from cmlfs.errors import StoreError
+from cmlfs.signature import SIGNATURE_NAME
 from cmlfs.stores.base import (
     MAX_WHOLE_READ,
     ObjectMissing,
@@ -15,6 +16,7 @@ from cmlfs.stores.base import (
     check_file_name,
     check_name,
     check_range,
+    content_addressed,
     read_whole,
 )
 
@@ -69,9 +71,7 @@ class LocalStore:
     def list(self) -> list[str]:
         if self.files:
             return self._walk()
-        names = []
-        if (self.root / "manifest.cmlfs").is_file():
-            names.append("manifest.cmlfs")
+        names = [n for n in ("manifest.cmlfs", SIGNATURE_NAME) if (self.root / n).is_file()]
         blobs = self.root / "blobs"
         if blobs.is_dir():
             names.extend(f"blobs/{p.name}" for p in sorted(blobs.iterdir()) if p.is_file())
@@ -83,7 +83,7 @@ class LocalStore:
             raise StoreError(f"{self.root} is read as a folder of files; it takes no objects")
         target = self.root / check_name(name)
         size = source.stat().st_size
-        if target.is_file() and target.stat().st_size == size and name != "manifest.cmlfs":
+        if target.is_file() and target.stat().st_size == size and content_addressed(name):
             progress(size)
             return False
         target.parent.mkdir(exist_ok=True)

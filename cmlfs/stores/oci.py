@@ -2,11 +2,12 @@
 
 The model is one OCI image manifest with artifact type ``ARTIFACT_TYPE``, the
 empty config, and one layer per object: the sealed ``manifest.cmlfs``
-(``MANIFEST_MEDIA_TYPE``) and each blob (``BLOB_MEDIA_TYPE``, whose digest is
-its store name). With ``files`` the artifact is a folder of plain files, as
-``oras push`` makes one (a KServe JWE model's): each layer is one file, named by
-its ``org.opencontainers.image.title``. A tag is resolved once, when the store is first read; from
-then on everything is addressed by digest, so a tag moved under a running
+(``MANIFEST_MEDIA_TYPE``), each blob (``BLOB_MEDIA_TYPE``, whose digest is
+its store name) and, when the model is signed, ``model.sig`` (a Sigstore bundle,
+``SIGNATURE_MEDIA_TYPE``). With ``files`` the artifact is a folder of plain files,
+as ``oras push`` makes one (a KServe JWE model's): each layer is one file, named by
+its ``org.opencontainers.image.title``. A tag is resolved once, when the store is
+first read; from then on everything is addressed by digest, so a tag moved under a running
 mount changes nothing, and a digest reference is checked against the bytes.
 
 The registry is reached over HTTPS with verification, or plain HTTP only with
@@ -31,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 from cmlfs.errors import StoreError
 from cmlfs.manifest import MAX_MANIFEST_LEN
+from cmlfs.signature import MAX_SIGNATURE_LEN, SIGNATURE_MEDIA_TYPE, SIGNATURE_NAME
 from cmlfs.stores.base import (
     MAX_WHOLE_READ,
     Identity,
@@ -40,6 +42,7 @@ from cmlfs.stores.base import (
     StoreSettings,
     check_file_name,
     check_name,
+    content_addressed,
 )
 from cmlfs.stores.http import (
     MAX_OBJECT_SIZE,
@@ -134,6 +137,10 @@ def parse_image_manifest(body: bytes) -> dict[str, Descriptor]:
                 raise StoreError("the OCI manifest names an oversized model manifest")
         elif descriptor.media_type == BLOB_MEDIA_TYPE:
             name = "blobs/" + descriptor.digest.removeprefix("sha256:")
+        elif descriptor.media_type == SIGNATURE_MEDIA_TYPE:
+            name = SIGNATURE_NAME
+            if descriptor.size > MAX_SIGNATURE_LEN:
+                raise StoreError("the OCI manifest names an oversized signature")
         else:
             raise StoreError(f"unexpected layer media type {descriptor.media_type!r}")
         if objects.setdefault(name, descriptor) is not descriptor:
@@ -300,18 +307,16 @@ class OciStore(RangedStore):
     def put(self, name: str, source: Path, progress: Progress) -> bool:
         if self.ref.digest:
             raise StoreError("push to an OCI tag (oci://REGISTRY/REPO:TAG), not to a digest")
-        if self.files:
-            raise StoreError(f"{self.describe()} is read as an artifact of files; push a store")
         self._actions = "pull,push"
         size = source.stat().st_size
         if self.files:
             raise StoreError(f"{self.describe()} is read as an artifact of files; push a store")
-        if check_name(name) == "manifest.cmlfs":
-            digest = "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
-            media_type = MANIFEST_MEDIA_TYPE
-        else:
+        if content_addressed(check_name(name)):
             digest = "sha256:" + name.removeprefix("blobs/")
             media_type = BLOB_MEDIA_TYPE
+        else:
+            digest = "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
+            media_type = SIGNATURE_MEDIA_TYPE if name == SIGNATURE_NAME else MANIFEST_MEDIA_TYPE
         self._pushed[name] = Descriptor(media_type, digest, size)
         if self._blob_present(digest, size):
             progress(size)

@@ -21,6 +21,9 @@ from cmlfs.stores.base import (
     StoreSettings,
     check_file_name,
     check_name,
+    content_addressed,
+    is_object_name,
+    system_trust,
 )
 from cmlfs.stores.http import POOL_SIZE, parse_content_range, tls_error
 from cmlfs.stores.retry import RetryPolicy, TransientStoreError
@@ -41,14 +44,37 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
+def _client(config, settings: StoreSettings):
+    """boto3's S3 client; a configuration boto3 refuses (an unknown AWS_PROFILE, half the
+    credentials, a bad region or endpoint) is one StoreError line, not a traceback."""
+    import boto3
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        core = botocore.session.get_session()
+        # --store-ca, else $AWS_CA_BUNDLE or the profile's ca_bundle, else the system store
+        verify = settings.ca_bundle() or core.get_config_variable("ca_bundle") or system_trust()
+        return boto3.session.Session(botocore_session=core).client(
+            "s3", config=config, verify=verify
+        )
+    except BotoCoreError as exc:
+        raise StoreError(f"AWS configuration refused: {' '.join(str(exc).split())}") from None
+    except ValueError:  # botocore's text quotes the endpoint whole, credentials and all
+        raise StoreError(
+            "AWS configuration refused: invalid endpoint URL (AWS_ENDPOINT_URL or the "
+            "profile's endpoint_url)"
+        ) from None
+
+
 class S3Store(RangedStore):
-    """Objects ``PREFIX/manifest.cmlfs`` and ``PREFIX/blobs/<sha256>`` in one bucket."""
+    """Objects ``PREFIX/manifest.cmlfs``, ``PREFIX/blobs/<sha256>`` and ``PREFIX/model.sig``
+    in one bucket."""
 
     def __init__(self, url: str, settings: StoreSettings, files: bool = False) -> None:
         super().__init__()
         self.files = files  # any object under the prefix, as a folder of files (read-only)
         try:
-            import boto3
             from boto3.s3.transfer import TransferConfig
             from botocore.config import Config
         except ImportError:
@@ -60,9 +86,7 @@ class S3Store(RangedStore):
             retries={"total_max_attempts": 1},
             max_pool_connections=POOL_SIZE,
         )
-        self._client = boto3.session.Session().client(
-            "s3", config=config, verify=settings.ca_bundle()
-        )
+        self._client = _client(config, settings)
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK
         )
@@ -86,14 +110,14 @@ class S3Store(RangedStore):
         listed = self._retry.call("list", collect)
         if self.files:
             return sorted(n for n in listed if not n.endswith("/"))  # not folder markers
-        return sorted(n for n in listed if n == "manifest.cmlfs" or n.startswith("blobs/"))
+        return sorted(n for n in listed if is_object_name(n))
 
     def put(self, name: str, source: Path, progress: Progress) -> bool:
         if self.files:
             raise StoreError(f"{self.describe()} is read as a folder of files; it takes no objects")
         size = source.stat().st_size
         key = self._key(name)
-        if name != "manifest.cmlfs" and self._present(name, size):
+        if content_addressed(name) and self._present(name, size):
             progress(size)
             return False
 

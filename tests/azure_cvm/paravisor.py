@@ -21,6 +21,13 @@ client's).
 
 swtpm caps an NV index at 2 KiB (TPM2_PT_NV_INDEX_MAX), so the report index is
 2048 bytes and the variable data leaves out the EK; Azure's index is 2600.
+
+Written from kinvolk/azure-cvm-tooling ``az-cvm-vtpm/src/vtpm/mod.rs`` (the
+request index ``INDEX_REPORT_DATA`` 0x01400002 written by ``write_nv_index``, the
+3 s wait and the read of ``VTPM_HCL_REPORT_NV_INDEX`` 0x01400001 in
+``get_report_with_report_data``, the AK at ``VTPM_AK_HANDLE`` 0x81000003) and
+``az-cvm-vtpm/src/hcl/mod.rs`` (the report layout, read back by Trustee's
+``deps/verifier/src/az_snp_vtpm`` and ``az_tdx_vtpm``).
 """
 
 import argparse

@@ -12,7 +12,13 @@ strict as the real one on what cmlfs sends: ``Metadata: true`` is required
 refused, ``/acc/tdquote`` takes only ``{"report": base64url of a 1024-byte TD
 report}`` as JSON. It answers the VCEK like THIM (``vcekCert``,
 ``certificateChain``, ``tcbm``) and TD quotes made by ``reports.td_quote``.
-``mode`` switches it to answering garbage.
+``mode`` switches it to answering garbage. The endpoints and bodies are those of
+kinvolk/azure-cvm-tooling ``az-cvm-vtpm/az-snp-vtpm/src/imds.rs`` (``GET
+/metadata/THIM/amd/certification`` with ``Metadata: true``, answer ``vcekCert`` and
+``certificateChain``) and ``az-cvm-vtpm/az-tdx-vtpm/src/imds.rs`` (``POST
+/acc/tdquote`` with ``{"report": base64url}``, answer ``{"quote": base64url}``; that
+client sends no ``Metadata`` header, so requiring it there is stricter than that client
+needs); the AK as ``az-cvm-vtpm/src/vtpm/mod.rs`` reads it.
 """
 
 import base64

@@ -13,6 +13,7 @@ from cmlfs.format.keys import key_id
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import force_unmount, run_cli, tree_digests, write_sample_model
 from tests.deploy.conftest import ROOT, stop, wait_for
+from tests.signing_helpers import der_fingerprint, ec_pair
 
 ENTRYPOINT = ROOT / "container" / "entrypoint.sh"
 UNIT = ROOT / "deploy" / "systemd" / "cmlfs@.service"
@@ -49,6 +50,51 @@ def test_entrypoint_mounts_on_a_subdirectory_and_unmounts_on_sigterm(tmp_path):
     assert process.returncode == 0, err
     assert mount_entry(mnt) is None
     assert "event=unmounted" in err
+
+
+@pytest.mark.fuse
+def test_entrypoint_passes_the_trusted_publisher_and_minimum_version(tmp_path):
+    """CMLFS_TRUST_PUBLISHER and CMLFS_MIN_MODEL_VERSION reach the mount: a store signed by
+    the publisher mounts; with another publisher's key, or a newer minimum, it is refused."""
+    write_sample_model(tmp_path / "src")
+    key = tmp_path / "model.key"
+    run_cli("keygen", "--out", key)
+    publisher, other = ec_pair(tmp_path, "publisher"), ec_pair(tmp_path, "other")
+    run_cli(
+        "encrypt", tmp_path / "src", tmp_path / "store", "--key-file", key,
+        "--model-version", "3.1", "--sign-key", publisher[0],
+    )  # fmt: skip
+    mnt = tmp_path / "volume" / "model"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CMLFS_STORE": str(tmp_path / "store"),
+        "CMLFS_MOUNT": str(mnt),
+        "PYTHONPATH": str(ROOT),  # the console script runs this checkout's cmlfs
+        "CMLFS_TRUST_PUBLISHER": str(publisher[1]),
+        "CMLFS_MIN_MODEL_VERSION": "3",
+    }
+    process = subprocess.Popen(["sh", str(ENTRYPOINT), "--key-file", str(key)], env=env)
+    try:
+        wait_for(lambda: mount_entry(mnt) is not None, what="the mount")
+        assert tree_digests(mnt) == tree_digests(tmp_path / "src")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        stop(process, signal.SIGKILL)
+        force_unmount(mnt)
+    for change, needle in (
+        ({"CMLFS_TRUST_PUBLISHER": str(other[1])}, der_fingerprint(publisher[1])),
+        ({"CMLFS_MIN_MODEL_VERSION": "3.2"}, "older than --min-model-version 3.2"),
+    ):
+        refused = subprocess.run(
+            ["sh", str(ENTRYPOINT), "--key-file", str(key)],
+            env={**env, **change},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0 and needle in refused.stderr, refused.stderr
+        assert mount_entry(mnt) is None
 
 
 @pytest.mark.parametrize("mount", ["/data", "data/model", ""])

@@ -62,6 +62,12 @@ VARIANTS = {
         "command={vllm,serve}",
         "cmlfs.acceptPrivilegedServer=true",
     ],
+    "trusted-publisher": [
+        "cmlfs.enabled=true",
+        f"cmlfs.store={STORE}",
+        "cmlfs.trustedPublisher.secretName=publisher",
+        "cmlfs.minModelVersion=1.2.0",
+    ],
     **{name.removesuffix("-values.yaml"): [name] for name in EXAMPLES},
 }
 
@@ -179,6 +185,53 @@ def test_azure_vtpm_attester_and_its_addresses_reach_the_daemon():
     assert {f"--tpm-tcti={tcti}", f"--metadata-url={url}"} <= set(args["initContainers"][0]["args"])
 
 
+def test_a_vtpm_device_plugin_resource_is_requested_by_the_container_that_attests(tmp_path):
+    """cmlfs.vtpm.deviceResource: the sidecar, or in in-container mode the server container,
+    asks for one of the device plugin's vTPM resource, beside its other resources."""
+    device = "cmlfs.vtpm.deviceResource=example.com/tpmrm"
+    sidecar = pod("vllm-values.yaml", "cmlfs.attester=az-snp-vtpm", device)
+    resources = sidecar["initContainers"][0]["resources"]
+    assert resources["limits"] == {"example.com/tpmrm": 1, "memory": "2Gi"}
+    assert resources["requests"] == {"cpu": "1", "memory": "1536Mi"}
+    assert "example.com/tpmrm" not in str(by_name(sidecar["containers"], "server"))
+    server = pod("tgi-values.yaml", device, "resources.limits.cpu=4")["containers"][0]
+    assert server["resources"] == {"limits": {"cpu": 4, "example.com/tpmrm": 1}}
+    assert "resources" not in pod("tgi-values.yaml")["containers"][0]
+    rendered = tmp_path / "in-container.yaml"
+    rendered.write_text(template("tgi-values.yaml", device))
+    kubernetes_validate(rendered, "1.33.0")
+
+
+def test_a_trusted_publisher_key_is_mounted_and_passed_in_both_modes():
+    """From a ConfigMap or a Secret, to the sidecar (vLLM) or the in-container server (TGI)."""
+    for values in ("vllm-values.yaml", "tgi-values.yaml"):
+        for source, kind, name in (
+            ("configMapName", "configMap", {"name": "acme"}),
+            ("secretName", "secret", {"secretName": "acme"}),
+        ):
+            spec = pod(
+                values, f"cmlfs.trustedPublisher.{source}=acme", "cmlfs.minModelVersion=1.2.0"
+            )
+            container = (spec.get("initContainers") or spec["containers"])[0]
+            flags = container.get("args") or container["command"]
+            assert "--trust-publisher=/etc/cmlfs/trust-publisher/publisher.pub" in flags
+            assert "--min-model-version=1.2.0" in flags
+            volume = by_name(spec["volumes"], "cmlfs-trust-publisher")
+            assert set(volume) == {"name", kind}
+            assert volume[kind] == name
+            mount = by_name(container["volumeMounts"], "cmlfs-trust-publisher")
+            assert mount["mountPath"] == "/etc/cmlfs/trust-publisher" and mount["readOnly"] is True
+    spec = pod("vllm-values.yaml", "cmlfs.trustedPublisher.configMapName=acme")
+    assert (
+        "--trust-publisher=/etc/cmlfs/trust-publisher/publisher.pub"
+        in (spec["initContainers"][0]["args"])
+    )
+    assert not any("--min-model-version" in a for a in spec["initContainers"][0]["args"])
+    spec = pod("vllm-values.yaml")
+    assert not any("--trust-publisher" in a for a in spec["initContainers"][0]["args"])
+    assert not any(v["name"] == "cmlfs-trust-publisher" for v in spec["volumes"])
+
+
 def test_in_container_mode_wraps_the_server_command_without_propagation():
     spec = pod("tgi-values.yaml")
     assert "initContainers" not in spec
@@ -294,6 +347,20 @@ def test_the_schema_says_why_the_key_id_pin_matters():
             "metadataUrl",
         ),
         (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.keyId=ABC"], "keyId"),
+        (
+            ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.vtpm.deviceResource=tpmrm0"],
+            "deviceResource",
+        ),
+        (
+            [
+                "cmlfs.enabled=true",
+                f"cmlfs.store={STORE}",
+                "cmlfs.trustedPublisher.configMapName=a",
+                "cmlfs.trustedPublisher.secretName=b",
+            ],
+            "configMapName or secretName, not both",
+        ),
+        (["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.minModelVersion=v1"], "minModel"),
         (
             ["cmlfs.enabled=true", f"cmlfs.store={STORE}", "cmlfs.mode=in-container", "args=null"],
             "needs the server's full command",

@@ -13,6 +13,7 @@ import pytest
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import force_unmount, run_cli, sha256_file, write_sample_model
 from tests.deploy.conftest import children_of, stop, wait_for
+from tests.signing_helpers import ec_pair
 
 pytestmark = pytest.mark.fuse
 
@@ -120,6 +121,27 @@ def test_a_failed_mount_never_starts_the_server(model, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("cmlfs: error: ")
     assert not marker.exists()
+    assert mount_entry(tmp_path / "mnt") is None
+
+
+def test_run_with_a_trusted_publisher_starts_the_server_only_on_a_signed_store(model, tmp_path):
+    """In-container mode checks the signature as a mount does: unsigned, the server never
+    runs; signed by the publisher, it reads the plaintext."""
+    store, key, src = model
+    private, public = ec_pair(tmp_path, "publisher")
+    marker = tmp_path / "server-ran"
+    args = _run_args(store, key, tmp_path / "mnt", "touch", str(marker))
+    args[args.index("--") : args.index("--")] = ["--trust-publisher", str(public)]
+    result = run_cli(*args, check=False)
+    assert result.returncode == 1 and "model.sig is missing" in result.stderr
+    assert not marker.exists() and mount_entry(tmp_path / "mnt") is None
+    run_cli("sign", store, "--key", private)
+    args[args.index("--") + 1 :] = [
+        "cmp",
+        str(tmp_path / "mnt" / "config.json"),
+        str(src / "config.json"),
+    ]
+    assert run_cli(*args, check=False).returncode == 0
     assert mount_entry(tmp_path / "mnt") is None
 
 

@@ -15,7 +15,7 @@ from cmlfs.manifest import MANIFEST_NAME
 from cmlfs.mountpoint import mount_entry
 from tests.conftest import daemon_pid, force_unmount, mounted, run_cli, tree_digests
 
-COMMANDS = ["keygen", "encrypt", "inspect", "verify", "mount", "umount"]
+COMMANDS = ["keygen", "encrypt", "sign", "inspect", "verify", "mount", "umount"]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:

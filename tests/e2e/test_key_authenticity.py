@@ -7,8 +7,6 @@ FUSE mount; a refusal is one line, nothing mounted, and the fake broker never as
 """
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from cmlfs.format.keys import key_id
 from tests.conftest import mounted, run_cli, write_sample_model
 from tests.e2e.kbs_servers import HostileKbs
 from tests.e2e.test_key_release import assert_refused, pin, publish, try_mount
+from tests.system_ca import in_system_store, without_ca_variables
 
 pytestmark = pytest.mark.fuse
 
@@ -119,23 +118,11 @@ def test_broker_commands_name_the_new_switch_for_the_old_one(key_file, tmp_path)
     )
 
 
-SYSTEM_CA_DIR = Path("/usr/local/share/ca-certificates")
-
-
 @pytest.fixture
 def ca_in_the_system_store(dev_kbs_tls):
     """The dev broker's private CA installed in the system trust store for the test only."""
-    update = shutil.which("update-ca-certificates")
-    if update is None or not SYSTEM_CA_DIR.is_dir():
-        pytest.fail("update-ca-certificates is missing: install Debian package ca-certificates")
-    installed = SYSTEM_CA_DIR / f"cmlfs-test-{dev_kbs_tls.address.replace(':', '-')}.crt"
-    shutil.copy(dev_kbs_tls.ca, installed)
-    try:
-        subprocess.run([update], check=True, capture_output=True, timeout=120)
+    with in_system_store(dev_kbs_tls.ca, dev_kbs_tls.address.replace(":", "-")):
         yield dev_kbs_tls
-    finally:
-        installed.unlink()
-        subprocess.run([update], check=True, capture_output=True, timeout=120)
 
 
 @pytest.mark.expect_log("event=sample_attester")
@@ -148,8 +135,7 @@ def test_a_private_ca_only_in_the_system_store_is_trusted(
     src, _ = sample_model
     store = publish(kbs, src, tmp_path / "store", key_file)
     # OpenSSL's compiled-in default, not a CA variable of this environment, finds the store
-    hidden = {"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"}
-    env = {name: value for name, value in os.environ.items() if name not in hidden}
+    env = without_ca_variables(dict(os.environ))
     with mounted(store, tmp_path / "mnt", "--attester", "sample", *pin(key_file), env=env) as mnt:
         assert (mnt / "config.json").read_bytes() == (src / "config.json").read_bytes()
 

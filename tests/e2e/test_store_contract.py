@@ -80,8 +80,8 @@ BOUNDARY_RANGES = [
     (0, HEADER_LEN),
     (LAYOUT.record_offset(1) - 1, 2),
     (LAYOUT.record_offset(1), LAYOUT.record_len(1)),
-    LAYOUT.records_span(1, 2),
-    LAYOUT.records_span(2, 3),
+    LAYOUT.records_span(range(1, 3)),
+    LAYOUT.records_span(range(2, 4)),
 ]
 # Ranges not inside an object of SIZE bytes.
 OUTSIDE_RANGES = [(SIZE - 1, 2), (SIZE, 1), (SIZE + 1, 0), (0, SIZE + 1), (-1, 1), (0, -1)]
@@ -366,7 +366,9 @@ def test_concurrent_reads_from_threads_and_reads_after_close(store, shared):
         parts = list(pool.map(lambda r: store.read_range(big, *r), ranges))
     assert parts == [data[o : o + n] for o, n in ranges]
     store.close()
-    assert store.read_range(big, *LAYOUT.records_span(2, 3)) == data[LAYOUT.record_offset(2) :]
+    assert (
+        store.read_range(big, *LAYOUT.records_span(range(2, 4))) == data[LAYOUT.record_offset(2) :]
+    )
 
 
 # --- missing objects and names ---------------------------------------------------------------
@@ -444,7 +446,7 @@ def test_an_object_cut_short_in_storage_never_reads_as_short_data(backend, own):
     assert store.read_range(big, 0, HEADER_LEN) == data[:HEADER_LEN]
     backend.damage(where, big, data[: SIZE // 2])
     with pytest.raises(StoreError) as failed:
-        store.read_range(big, *LAYOUT.records_span(2, 3))
+        store.read_range(big, *LAYOUT.records_span(range(2, 4)))
     assert "gave up" not in str(failed.value)  # known for what it is, not retried to the end
     if backend.kind == "folder":  # the file as it is now, whose first half did not change
         assert store.read_range(big, 0, HEADER_LEN) == data[:HEADER_LEN]
@@ -462,7 +464,7 @@ def test_an_object_cut_short_in_storage_never_reads_as_short_data(backend, own):
 def test_a_transient_fault_on_a_read_is_retried_with_the_right_bytes(backend, store, shared, fault):
     _, objects = shared
     big = big_of(objects)
-    offset, length = LAYOUT.records_span(1, 2)
+    offset, length = LAYOUT.records_span(range(1, 3))
     store.size(big)
     backend.proxy.inject(fault, path=big.removeprefix("blobs/"))
     assert store.read_range(big, offset, length) == objects[big][offset : offset + length]

@@ -17,7 +17,7 @@ from cmlfs.format.aead import RecordCipher
 from cmlfs.format.header import BlobHeader, chunk_associated_data
 from cmlfs.format.keys import Purpose, derive_object_key
 from cmlfs.format.layout import HEADER_LEN
-from cmlfs.manifest import MANIFEST_NAME, open_manifest
+from cmlfs.manifest import MANIFEST_NAME, manifest_digest, open_manifest
 from tests.conftest import mounted, run_cli
 
 pytestmark = pytest.mark.fuse
@@ -65,10 +65,14 @@ def forged(tmp_path_factory):
     return root, key, plain
 
 
-def test_inspect_shows_the_format(forged):
+def test_inspect_shows_the_format_and_the_manifest_digest(forged):
     root, _, _ = forged
     for version in ("1", "2"):
-        assert f"format:      {version}\n" in run_cli("inspect", root / f"v{version}").stdout
+        store = root / f"v{version}"
+        shown = run_cli("inspect", store).stdout
+        assert f"format:      {version}\n" in shown
+        digest = manifest_digest((store / MANIFEST_NAME).read_bytes())
+        assert f"manifest:    sha256:{digest}\n" in shown
 
 
 def test_format_1_serves_the_key_holders_forgery(forged):
@@ -119,3 +123,30 @@ def test_a_store_made_from_the_v1_golden_vectors_still_mounts(tmp_path):
     with mounted(store, tmp_path / "mnt", "--key-file", key) as mnt:
         for f in manifest["manifest"]["files"]:
             assert (mnt / f["path"]).read_bytes() == plaintexts[f["header_sha256"]]
+
+
+def test_damaged_hash_material_fails_the_file_through_a_mount(tmp_path):
+    """A page digest that no longer matches the sealed root: every read of the file is EIO.
+    A leaf changed: its page no longer matches its digest, so the page's chunks are EIO."""
+    src = tmp_path / "model"
+    src.mkdir()
+    plain = {"a.bin": os.urandom(5 * CHUNK), "b.bin": os.urandom(5 * CHUNK), "c.txt": b"ok"}
+    for name, data in plain.items():
+        (src / name).write_bytes(data)
+    key = tmp_path / "model.key"
+    run_cli("keygen", "--out", key)
+    store = tmp_path / "store"
+    run_cli("encrypt", src, store, "--key-file", key, "--chunk-size", "4K")
+    manifest = open_manifest((store / MANIFEST_NAME).read_bytes(), key.read_bytes())
+    blobs = {f.path: store / f.blob_name for f in manifest.files}
+    for path, offset in (("a.bin", -1), ("b.bin", -6 * 32)):  # last digest byte; leaf 0
+        data = bytearray(blobs[path].read_bytes())
+        data[offset] ^= 0x10
+        blobs[path].write_bytes(data)
+    with mounted(store, tmp_path / "mnt", "--key-file", key) as mnt:
+        for path in ("a.bin", "b.bin"):
+            for offset in (0, 4 * CHUNK):
+                with pytest.raises(OSError) as caught:
+                    read_range(mnt / path, offset, 10)
+                assert caught.value.errno == errno.EIO
+        assert (mnt / "c.txt").read_bytes() == b"ok"

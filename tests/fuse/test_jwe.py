@@ -10,6 +10,9 @@ import io
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,9 +139,11 @@ def test_every_tamper_reads_eio_with_no_wrong_byte(jwe_model, tmp_path):
         for name in expected:
             if name == "good.bin":
                 continue
-            with pytest.raises(OSError) as raised:
-                (mnt / name).read_bytes()
-            assert raised.value.errno == errno.EIO, name
+            with open(mnt / name, "rb") as f:  # not its first byte, nor its last, nor any
+                for offset in sorted({0, os.fstat(f.fileno()).st_size - 1}):
+                    with pytest.raises(OSError) as raised:
+                        os.pread(f.fileno(), 4096, offset)
+                    assert raised.value.errno == errno.EIO, (name, offset)
     refusals = [line for line in log.read_text().splitlines() if "event=jwe_refused" in line]
     refused = {line.split("path=")[1].split()[0] for line in refusals}
     assert refused == set(expected) - {"good.bin"}
@@ -214,6 +219,62 @@ def test_import_round_trip_keeps_the_key(jwe_model, tmp_path):
         assert served == sorted(contents)
         for path, data in contents.items():
             assert (mnt / path).read_bytes() == data, path
+
+
+# Runs cmlfs with an audit hook that reports every file it opens for writing (builtin
+# open and os.open both raise the "open" audit event, tempfile's files too).
+WRITES_AUDITED = """
+import atexit, os, runpy, sys
+written = []
+def hook(event, args):
+    if event == "open" and args[0] is not None and (
+        any(c in (args[1] or "") for c in "wax+") or args[2] & (os.O_WRONLY | os.O_RDWR)
+    ):
+        written.append(os.fsdecode(args[0]) if not isinstance(args[0], int) else args[0])
+sys.addaudithook(hook)
+atexit.register(lambda: print(*(f"opened-for-writing {p}" for p in written), sep="\\n",
+                              file=sys.stderr))
+sys.argv[0] = "cmlfs"
+runpy.run_module("cmlfs", run_name="__main__")
+"""
+
+
+def test_import_writes_no_plaintext_anywhere(jwe_model, tmp_path):
+    """The only files import opens for writing are its store's blobs and manifest (each
+    kept, renamed from its partial name), and none holds 64 bytes of plaintext: no
+    temporary plaintext file, on the model volume or elsewhere."""
+    from tests.zz_leaks.scan import PlaintextIndex, scan
+
+    folder, contents, key = jwe_model
+    key_file = key_forms(tmp_path, key)["jwk"]
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", WRITES_AUDITED, "import", folder, store, "--key-file", key_file],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    written = [
+        line.removeprefix("opened-for-writing ")
+        for line in result.stderr.splitlines()
+        if line.startswith("opened-for-writing ")
+    ]
+    written = [path for path in written if path != os.devnull]
+    partials = [
+        p
+        for p in written
+        if re.fullmatch(re.escape(f"{store}/blobs/.partial-") + "[0-9a-f]{16}", p)
+    ]
+    assert sorted(written) == sorted([f"{store}/.manifest.cmlfs.partial", *partials]), written
+    blobs = list((store / "blobs").iterdir())
+    assert len(partials) == len(blobs) == len(contents)  # every one kept, under its name
+    index = PlaintextIndex(list(contents.items()))
+    assert index.windows_in(contents["model.safetensors"])  # the scan sees plaintext
+    report = scan([tmp_path], index, {})
+    assert report.files > len(blobs) and report.plaintext_hits == []
 
 
 def test_import_refuses_any_damage_and_leaves_nothing(jwe_model, tmp_path):

@@ -12,9 +12,13 @@ atheris runner (``tests/fuzz/run_atheris.py``), which imports this module under
 coverage instrumentation.
 """
 
+import atexit
 import contextlib
 import io
 import json
+import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -41,6 +45,14 @@ from cmlfs.manifest import (
     open_manifest,
     read_envelope,
 )
+from cmlfs.signature import (
+    SIGNATURE_NAME,
+    PublisherKey,
+    load_publisher_key,
+    sign_folder,
+    signed_digests,
+    signer_of,
+)
 from cmlfs.stores import open_store
 from cmlfs.stores.base import StoreSettings, parse_header
 from cmlfs.stores.http import (
@@ -55,6 +67,7 @@ from cmlfs.stores.oci import (
     parse_reference,
     parse_token_answer,
 )
+from tests.kbs_helpers import write_key_pair
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 Target = Callable[[bytes], None]
@@ -237,6 +250,31 @@ def store_url(data: bytes) -> None:
         store.close()
 
 
+@cache
+def _publisher() -> tuple[PublisherKey, bytes]:
+    """A fixed P-256 test publisher (public test data) and its signature over a tiny store."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.derive_private_key(0x5EED, ec.SECP256R1())
+    base = Path(tempfile.mkdtemp(prefix="cmlfs-fuzz-publisher-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    folder = base / "store"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "manifest.cmlfs").write_bytes(b"manifest")
+    (folder / "blobs" / ("a" * 64)).write_bytes(b"blob")
+    private, public = base / "publisher.pem", base / "publisher.pub"
+    write_key_pair(key, private, public)
+    sign_folder(folder, private)
+    return load_publisher_key(public), (folder / SIGNATURE_NAME).read_bytes()
+
+
+def publisher_signature(data: bytes) -> None:
+    """A store's model.sig: who signed it, and what it lists once checked with the key."""
+    assert signer_of(data)
+    digests = signed_digests(data, _publisher()[0])
+    assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in digests.values())
+
+
 def store_header(data: bytes) -> None:
     name, value = parse_header(data.decode("utf-8", "surrogateescape"))
     assert "\n" not in name + value and "\r" not in name + value
@@ -266,6 +304,7 @@ TARGETS: dict[str, Target] = {
         http_body,
         store_url,
         store_header,
+        publisher_signature,
     )
 }
 
@@ -357,4 +396,5 @@ def seeds() -> dict[str, list[bytes]]:
         "http_body": [b"5\nhello", b"\nchunked"],
         "store_url": [b"\x00127.0.0.1:8080/models/demo", b"\x02r.example/m/demo:v1"],
         "store_header": [b"Authorization: Bearer token", b"X-Custom: a b c"],
+        "publisher_signature": [_publisher()[1]],
     }

@@ -80,6 +80,7 @@ JSON_TARGETS = [
     "devkbs_attestation",
     "oci_image_manifest",
     "oci_token_answer",
+    "publisher_signature",
 ]
 
 

@@ -59,7 +59,7 @@ def open_blob(blob: bytes, key: bytes = KEY) -> bytes:
         if len(blob) != HEADER_LEN:
             raise IntegrityError("an empty file's blob is its header alone")
         return b""
-    span = opener.open_span(0, layout.n_chunks - 1, blob[HEADER_LEN:])
+    span = opener.open_span(range(0, layout.n_chunks), blob[HEADER_LEN:])
     for error in span.failures.values():
         raise error
     return bytes(span.plaintext)
@@ -220,7 +220,7 @@ def test_each_chunk_opens_alone():
     for index, record in enumerate(records_of(blob)):
         start = opener.layout.chunk_offset(index)
         assert opener.open_chunk(index, record) == plaintext[start : start + C]
-    span = opener.open_span(1, 2, blob[HEADER_LEN + 4124 : HEADER_LEN + 3 * 4124])
+    span = opener.open_span(range(1, 3), blob[HEADER_LEN + 4124 : HEADER_LEN + 3 * 4124])
     assert (span.first, span.failures) == (1, {})
     assert span.plaintext == plaintext[C : 3 * C]
 
@@ -229,7 +229,7 @@ def test_a_damaged_record_in_a_span_spoils_only_itself():
     plaintext = plaintext_of(3 * C + 17)
     blob = flipped(seal_blob(plaintext), 8 * (HEADER_LEN + 4124 + 50))
     opener = BlobOpener(KEY, BlobHeader.parse(blob[:HEADER_LEN]))
-    span = opener.open_span(0, 3, blob[HEADER_LEN:])
+    span = opener.open_span(range(0, 4), blob[HEADER_LEN:])
     assert list(span.failures) == [1]
     assert span.plaintext[:C] == plaintext[:C]
     assert span.plaintext[C : 2 * C] == bytes(C)  # never the unauthenticated plaintext
@@ -278,9 +278,9 @@ def test_every_single_bit_flip_in_any_record_is_rejected(algorithm: Algorithm):
     for bit in range(len(records) * 8):
         records[bit // 8] ^= 1 << (bit % 8)
         damaged = 0 if bit // 8 < 4124 else 1
-        assert list(opener.open_span(0, 1, records).failures) == [damaged]
+        assert list(opener.open_span(range(0, 2), records).failures) == [damaged]
         records[bit // 8] ^= 1 << (bit % 8)
-    span = opener.open_span(0, 1, records)
+    span = opener.open_span(range(0, 2), records)
     assert (span.plaintext, span.failures) == (plaintext_of(C + 5), {})
 
 

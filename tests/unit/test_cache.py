@@ -3,11 +3,11 @@
 import pytest
 import trio
 
-from cmlfs.reader.cache import ChunkCache, SingleFlight, Span
+from cmlfs.reader.cache import ChunkCache, PlainSpan, SealedSpan, SingleFlight
 
 
-def span(first: int, end: int, file: int = 0, chunk: int = 100) -> Span:
-    return Span(file, first, end, first * chunk, bytearray(chunk * (end - first)))
+def span(first: int, end: int, file_index: int = 0, chunk: int = 100) -> PlainSpan:
+    return PlainSpan(file_index, first, end, first * chunk, bytearray(chunk * (end - first)))
 
 
 def test_cache_keeps_within_budget_and_evicts_least_recently_used_spans():
@@ -50,9 +50,9 @@ def test_a_span_replacing_cached_chunks_keeps_accounting_exact():
     assert (0, 0) not in cache and (0, 2) in cache
 
 
-def sealed(buffer: memoryview, first: int, end: int, chunk: int = 100) -> Span:
-    """A span of the records of chunks ``first..end`` cut from one fetched buffer."""
-    return Span(0, first, end, first * chunk, None, buffer[first * chunk : end * chunk])
+def sealed(buffer: memoryview, first: int, end: int, chunk: int = 100) -> SealedSpan:
+    """A span of the records of chunks ``first`` up to ``end`` cut from one fetched buffer."""
+    return SealedSpan(0, first, end, first * chunk, buffer[first * chunk : end * chunk])
 
 
 def test_record_spans_of_one_fetch_count_its_buffer_once_while_any_is_held():
@@ -75,7 +75,7 @@ def test_record_spans_are_evicted_until_their_buffers_fit_the_budget():
     first, second = memoryview(bytes(800)), memoryview(bytes(800))
     cache.put(sealed(first, 0, 4))
     cache.put(sealed(first, 4, 8))
-    cache.put(Span(1, 0, 4, 0, None, second[:400]))  # another file's fetch
+    cache.put(SealedSpan(1, 0, 4, 0, second[:400]))  # another file's fetch
     assert cache.used == 800  # both pieces of the first buffer went, not just one
     assert (0, 0) not in cache and (0, 4) not in cache and (1, 0) in cache
     assert cache.evictions == 2

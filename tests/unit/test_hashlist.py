@@ -55,9 +55,9 @@ def test_pages_and_offsets(chunks: int, pages: int):
     assert hashes.digests_offset == hashes.leaves_offset + 32 * chunks
     assert hashes.blob_size == hashes.digests_offset + 32 * pages
     if chunks:
-        offset, length = hashes.pages_span(0, pages - 1)
+        offset, length = hashes.pages_span(range(0, pages))
         assert (offset, length) == (hashes.leaves_offset, 32 * chunks)
-        assert hashes.pages_for(chunks - 1, chunks - 1) == range(pages - 1, pages)
+        assert hashes.pages_for(range(chunks - 1, chunks)) == range(pages - 1, pages)
 
 
 def test_the_builder_follows_the_definition():
@@ -141,7 +141,8 @@ def reseal(blob: Path, index: int, plaintext: bytes) -> None:
 
 
 MODES = {
-    "inline": dict(inline=True),
+    "inline": dict(inline=True),  # hashing in a thread, fetching and opening on the loop
+    "worker": dict(inline=True, hash_in_thread=False),  # as a worker process: all inline
     "threads": dict(threads=2, run_bytes=4 * CHUNK, prefetch_bytes=8 * CHUNK),
     "disk-cache": dict(threads=2, run_bytes=2 * CHUNK),
 }
@@ -191,7 +192,7 @@ def test_format_2_refuses_only_the_resealed_chunk_logs_it_once_and_never_caches_
     assert len(rejected) == 1 and "w.bin: chunk 2" in rejected[0].getMessage()
     if mode == "disk-cache":  # only the chunks that passed were kept on disk
         reader._disk_cache = DiskCache(tmp_path / "disk", 1 << 20)
-        offset, length = reader._openers[index].layout.records_span(2, 2)
+        offset, length = reader._openers[index].layout.records_span(range(2, 3))
         assert (
             reader._disk_cache.get(reader.manifest.files[index].blob_name, offset, length) is None
         )
@@ -207,7 +208,7 @@ def test_a_disk_cached_record_is_checked_against_its_hash(stores, tmp_path):
     reseal(blob_of(forged), 0, b"F" * CHUNK)
     cache = DiskCache(tmp_path / "disk", 1 << 20)
     blob = reader.manifest.files[index].blob_name
-    offset, length = reader._openers[index].layout.records_span(0, 1)
+    offset, length = reader._openers[index].layout.records_span(range(0, 2))
     cached = cache.get(blob, offset, length)
     assert cached is not None
     forged_records = blob_of(forged).read_bytes()[offset : offset + length]

@@ -49,6 +49,7 @@ def test_a_good_report_parses_and_checks():
     ("mutate", "reason"),
     [
         (lambda r: r[:0x4D0], "shorter than its fixed part"),
+        (lambda r: b"HCLB" + r[4:], "not an HCL report"),
         (lambda r: r[: IGVM_OFFSET + 8] + struct.pack("<I", 3) + r[IGVM_OFFSET + 12 :], "neither"),
         (lambda r: r[: IGVM_OFFSET + 12] + struct.pack("<I", 2) + r[IGVM_OFFSET + 16 :], "SHA-256"),
         (lambda r: r[:-1], "runs past the end"),

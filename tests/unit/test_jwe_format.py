@@ -12,6 +12,7 @@ from cmlfs.format.jwe import (
     HEAD_BYTES,
     TAIL_BYTES,
     Authenticator,
+    ChunkDigests,
     b64url_decode,
     decrypt_chunk,
     find_parts,
@@ -140,3 +141,18 @@ def test_header_is_refused_for_unknown_members_that_matter():
     duplicate = jwk.base64url_encode('{"alg":"dir","alg":"A256KW","enc":"A256GCM"}').encode()
     with pytest.raises(FormatError):
         open_parts(parts_of(duplicate + rest), raw)
+
+
+def test_chunk_digests_never_reuse_a_one_time_key():
+    """The same ciphertext recorded as two chunks, and in two passes, gets four different
+    digests: each chunk's Poly1305 key is its own, and each pass draws a new secret."""
+    data = os.urandom(1000)
+    first, second = ChunkDigests(), ChunkDigests()
+    for digests in (first, second):
+        digests.append(data)
+        digests.append(data)
+        digests.check(1, data)
+    recorded = [*first._digests, *second._digests]
+    assert len(set(recorded)) == 4
+    with pytest.raises(IntegrityError):
+        first.check(0, data[:-1])

@@ -56,3 +56,22 @@ def test_a_file_being_read_is_authenticated_before_the_background_gets_to_it(tmp
         store.reads.index("c.jwe") < store.reads.index("b.jwe") if "b.jwe" in store.reads else True
     )
     assert reader._done.keys() >= {2}
+
+
+def test_listing_serves_jwe_names_without_clashes(tmp_path):
+    key = jwk.JWK.generate(kty="oct", size=256)
+    (tmp_path / "sub").mkdir()
+    for name in ("a.jwe", "a", "b.JWE", "sub/.jwe", "c.jwe"):
+        (tmp_path / name).write_bytes(make_jwe(b"x", key))
+    (tmp_path / "c").write_bytes(b"plain, same name as c.jwe's")
+    (tmp_path / "d").write_bytes(b"plain")
+    shown = list_jwe_folder(LocalStore(tmp_path, files=True), show_plain=True)
+    served = {f.path: (f.name, f.plain) for f in shown.files}
+    assert served == {
+        "b": ("b.JWE", False),  # the suffix in any case, as KServe
+        "sub/.jwe": ("sub/.jwe", False),  # nothing would be left of the name
+        "c": ("c.jwe", False),  # the JWE file, never the unchecked one
+        "d": ("d", True),
+    }  # "a.jwe" and "a" (eyJ...) both serve "a": neither is
+    hidden = list_jwe_folder(LocalStore(tmp_path, files=True))
+    assert {f.path for f in hidden.files} == {"b", "sub/.jwe", "c"}

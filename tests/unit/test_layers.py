@@ -5,8 +5,12 @@ The layers of DESIGN.md, lowest first: format < manifest < stores/keys < reader 
 daemon < cli, with these placed where they honestly belong:
 
 - base (below format): ``errors``, ``units``, ``logfmt``, the package's ``__init__`` (its version),
-  ``mountpoint`` (the mount table) and ``hardening`` (core dumps, memory locking) are
+  ``mountpoint`` (the mount table), ``hardening`` (core dumps, memory locking) and ``tls``
+  (where the system trust store is) are
   process-level helpers with no other cmlfs imports, used from several layers up.
+- signature (the OpenSSF model-signing bundle: signing a folder, checking a bundle with a
+  public key) is pure format beside the manifest, which it does not import: the stores name
+  its object and the model layer checks it against the manifest.
 - stores and keys share a level but never import each other: where blobs live and where
   the key comes from are independent.
 - publishing (``publish``, ``push``) writes what the reader reads: beside the reader, over
@@ -38,8 +42,10 @@ LAYERS = {
     "cmlfs.logfmt": ("base", 0),
     "cmlfs.mountpoint": ("base", 0),
     "cmlfs.hardening": ("base", 0),
+    "cmlfs.tls": ("base", 0),
     "cmlfs.format": ("format", 1),
     "cmlfs.manifest": ("manifest", 2),
+    "cmlfs.signature": ("signature", 2),
     "cmlfs.stores": ("stores", 3),
     "cmlfs.keys": ("keys", 3),
     "cmlfs.reader": ("reader", 4),

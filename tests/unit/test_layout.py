@@ -1,5 +1,7 @@
 """Chunk arithmetic (cmlfs.format.layout) at every boundary, and against brute force."""
 
+from itertools import accumulate
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from cmlfs.format.layout import (
     HEADER_LEN,
     MAX_PLAINTEXT_SIZE,
     RECORD_OVERHEAD,
+    Chunking,
     ChunkLayout,
     chunk_size_log2,
 )
@@ -97,14 +100,14 @@ def test_chunks_for_range_refuses_negative_values(offset: int, length: int):
 
 def test_records_span_covers_consecutive_records_exactly():
     layout = ChunkLayout(C, 3 * C + 5)
-    assert layout.records_span(0, 0) == (88, 4124)
-    assert layout.records_span(0, 3) == (88, layout.blob_size - HEADER_LEN)
-    assert layout.records_span(1, 2) == (88 + 4124, 2 * 4124)
-    assert layout.records_span(3, 3) == (88 + 3 * 4124, 33)
+    assert layout.records_span(range(0, 1)) == (88, 4124)
+    assert layout.records_span(range(0, 4)) == (88, layout.blob_size - HEADER_LEN)
+    assert layout.records_span(range(1, 3)) == (88 + 4124, 2 * 4124)
+    assert layout.records_span(range(3, 4)) == (88 + 3 * 4124, 33)
     with pytest.raises(ValueError):
-        layout.records_span(2, 1)
+        layout.records_span(range(2, 2))
     with pytest.raises(IndexError):
-        layout.records_span(0, 4)
+        layout.records_span(range(0, 5))
 
 
 @pytest.mark.parametrize("log2", [12, 16, 22])
@@ -134,7 +137,7 @@ def test_the_largest_plaintext_is_accepted():
     assert layout.n_chunks == 1 << 26
 
 
-def brute_force_chunks(layout: ChunkLayout, offset: int, length: int) -> list[int]:
+def brute_force_chunks(layout: Chunking, offset: int, length: int) -> list[int]:
     """Chunk index of every plaintext byte in the range, in order, without duplicates."""
     end = min(offset + length, layout.plaintext_size)
     return sorted({byte // layout.chunk_size for byte in range(offset, end)})
@@ -153,6 +156,38 @@ def test_chunks_for_range_matches_brute_force(size: int, offset: int, length: in
     )
 
 
+@settings(max_examples=300, deadline=None)  # chunk size 1: thousands of chunks
+@given(
+    chunk_size=st.integers(1, 3 * C),
+    size=st.integers(0, 6 * C),
+    offset=st.integers(0, 7 * C),
+    length=st.integers(0, 3 * C),
+)
+def test_any_chunk_size_cuts_like_the_blob_layout(
+    chunk_size: int, size: int, offset: int, length: int
+):
+    """Chunking, which a JWE file's 768 KiB chunks use too, is ChunkLayout's arithmetic for
+    any positive chunk size: the same chunks for a range, which tile the size exactly."""
+    chunking = Chunking(chunk_size, size)
+    assert list(chunking.chunks_for_range(offset, length)) == brute_force_chunks(
+        chunking, offset, length
+    )
+    starts = [chunking.chunk_offset(i) for i in range(chunking.n_chunks)]
+    lengths = [chunking.chunk_len(i) for i in range(chunking.n_chunks)]
+    assert starts == list(accumulate([0, *lengths[:-1]]))[: chunking.n_chunks]
+    assert sum(lengths) == size and all(n == chunk_size for n in lengths[:-1])
+    assert chunking.is_last(chunking.n_chunks - 1)
+
+
+def test_chunking_refuses_what_no_layout_can_have():
+    for chunk_size, size in [(0, 1), (-1, 1), (768 * 1024, -1), (1, MAX_PLAINTEXT_SIZE + 1)]:
+        with pytest.raises(ValueError):
+            Chunking(chunk_size, size)
+    assert Chunking(768 * 1024, 0).chunks_for_range(0, 1) == range(0)
+    with pytest.raises(ValueError):  # a blob's chunks stay powers of two
+        ChunkLayout(768 * 1024, 0)
+
+
 @given(
     log2=st.integers(12, 22),
     size=st.integers(1, 1 << 40),
@@ -162,7 +197,7 @@ def test_records_tile_the_blob_without_gaps(log2: int, size: int, data: st.DataO
     layout = ChunkLayout(1 << log2, size)
     first = data.draw(st.integers(0, layout.n_chunks - 1))
     last = data.draw(st.integers(first, layout.n_chunks - 1))
-    offset, length = layout.records_span(first, last)
+    offset, length = layout.records_span(range(first, last + 1))
     assert offset == HEADER_LEN + first * layout.record_stride
     plaintext = min(size, (last + 1) * layout.chunk_size) - first * layout.chunk_size
     assert length == plaintext + (last - first + 1) * RECORD_OVERHEAD

@@ -1,7 +1,9 @@
 """ModelReader over a LocalStore: reads, single decryption, integrity, budget (no FUSE)."""
 
 import functools
+import logging
 import os
+import shlex
 import threading
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from cmlfs.format.hashlist import HashLayout
 from cmlfs.format.layout import HEADER_LEN, RECORD_OVERHEAD, ChunkLayout
 from cmlfs.manifest import MANIFEST_NAME, Manifest, open_manifest
 from cmlfs.publish import EncryptSettings, encrypt_model
-from cmlfs.reader import ModelReader
+from cmlfs.reader import ModelReader, SealedSpan
 from cmlfs.reader.reader import run_in_thread
 from cmlfs.stores import LocalStore
 
@@ -126,6 +128,29 @@ def test_damaged_chunk_fails_only_reads_that_touch_it(model, tmp_path):
     assert read(reader, big, 8 * CHUNK, CHUNK) == contents["big.bin"][8 * CHUNK : 9 * CHUNK]
     assert (big, 7) not in reader.cache
     assert reader.stats.integrity_failures == 2
+
+
+@pytest.mark.expect_log("event=chunk_rejected")
+def test_a_rejected_chunk_is_logged_with_its_reason_as_one_quoted_field(model, tmp_path, caplog):
+    """The reason (free text with spaces) is one logfmt value, not words that run on."""
+    store, _ = model
+    damaged = tmp_path / "store"
+    os.system(f"cp -r {store} {damaged}")
+    reader, index = open_reader(damaged)
+    big = index["big.bin"]
+    blob = damaged / reader.manifest.files[big].blob_name
+    raw = bytearray(blob.read_bytes())
+    raw[HEADER_LEN + 3 * (CHUNK + RECORD_OVERHEAD) + 100] ^= 1
+    blob.write_bytes(raw)
+    caplog.set_level(logging.ERROR, "cmlfs.reader")
+    with pytest.raises(IntegrityError) as caught:
+        read(reader, big, 3 * CHUNK, 10)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=")]
+    assert lines
+    for line in lines:
+        fields = dict(field.split("=", 1) for field in shlex.split(line))
+        assert set(fields) == {"event", "reason"}, line
+        assert fields["reason"] == str(caught.value)
 
 
 @pytest.mark.expect_log("event=integrity_failed")
@@ -305,7 +330,7 @@ def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_m
     trio.run(read_through, reader, plain, 4 * MIB)
     fetched = sum(store.lengths[1:]) // (64 * 1024 + RECORD_OVERHEAD)
     assert fetched >= 2 * 4 * MIB // (64 * 1024)  # 4 MiB read, at least as much ahead
-    assert reader.cache.find(0, fetched - 1).records is not None  # still sealed
+    assert isinstance(reader.cache.find(0, fetched - 1), SealedSpan)  # still sealed
     assert reader.stats.chunks_decrypted == 4 * MIB // (64 * 1024)
 
 

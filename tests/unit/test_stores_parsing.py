@@ -211,3 +211,27 @@ def test_open_store_dispatch(tmp_path):
         open_store("http://h.example/m", StoreSettings(headers=(("X-Token", "t"),)))
     with pytest.raises(StoreError):
         open_store("https://user:pw@h.example/m")
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        ({"AWS_PROFILE": "nope"}, "The config profile (nope) could not be found"),
+        ({"AWS_ACCESS_KEY_ID": "AKIDONLY"}, "missing: AWS_SECRET_ACCESS_KEY"),
+        ({"AWS_DEFAULT_REGION": "bad region!"}, "region_name 'bad region!'"),
+        ({"AWS_ENDPOINT_URL": "http://u:pw-s3cret@bad host"}, "invalid endpoint URL"),
+    ],
+)
+def test_an_aws_configuration_boto3_refuses_is_one_store_error(monkeypatch, variables, reason):
+    """Not a botocore traceback; an endpoint is never echoed (it may carry credentials)."""
+    pytest.importorskip("boto3")
+    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StoreError, match=r"^AWS configuration refused: ") as caught:
+        open_store("s3://bucket/prefix", StoreSettings())
+    assert reason in str(caught.value) and "s3cret" not in str(caught.value)

@@ -43,7 +43,6 @@ VAR_DATA_OFFSET = IGVM_OFFSET + 20  # 0x4D4
 TD_REPORT_LEN = 1024
 REPORT_TYPES = {2: "snp", 4: "tdx"}
 HASH_SHA256 = 1
-USER_DATA_LEN = 64  # the paravisor's user-data field: report data zero-padded
 MAX_HCL_REPORT = 64 * 1024
 AK_KEY_ID = "HCLAkPub"
 
@@ -67,6 +66,8 @@ def parse_hcl_report(data: bytes, error: type[E]) -> HclReport:
         raise error(f"HCL report is larger than {MAX_HCL_REPORT} bytes")
     if len(data) < VAR_DATA_OFFSET:
         raise error(f"HCL report is {len(data)} bytes, shorter than its fixed part")
+    if data[: len(HEADER_MAGIC)] != HEADER_MAGIC:  # the verifiers skip it; every report has it
+        raise error('HCL report does not begin with "HCLA": not an HCL report')
     _data_size, _version, report_type, hash_type, var_size = struct.unpack_from(
         "<5I", data, IGVM_OFFSET
     )

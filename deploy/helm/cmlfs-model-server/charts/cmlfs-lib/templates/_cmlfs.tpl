@@ -19,7 +19,8 @@ contain cmlfs (container/Dockerfile with BASE_IMAGE=<server image>) and its comm
 becomes:
   command: {{- include "cmlfs-lib.runCommand" (dict "cmlfs" .Values.cmlfs "root" $ "command" (concat .Values.command .Values.args)) | nindent 12 }}
   env: {{- include "cmlfs-lib.env" ... }}, volumeMounts: cmlfs-lib.credentialMounts and
-  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext.
+  cmlfs-lib.serverVolumeMount, securityContext: cmlfs-lib.mountSecurityContext, resources:
+  cmlfs-lib.attesterResources (dict "cmlfs" .Values.cmlfs "base" .Values.resources).
 */}}
 
 {{/* The FUSE mountpoint: a subdirectory of the shared volume, never its root. */}}
@@ -63,17 +64,23 @@ becomes:
 {{- end }}
 {{- end -}}
 
-{{/* The CA bundles set in values, as a JSON list of {flag, configMapName, key}: each is a
-     ConfigMap mounted at /etc/cmlfs/<flag> and named by --<flag>. */}}
-{{- define "cmlfs-lib.caBundles" -}}
+{{/* The files set in values that an option names (CA bundles, the trusted publisher's
+     public key), as a JSON list of {flag, configMapName, secretName, key}: each is a
+     ConfigMap or Secret mounted at /etc/cmlfs/<flag> and named by --<flag>. */}}
+{{- define "cmlfs-lib.fileOptions" -}}
 {{- $c := .cmlfs -}}
-{{- $bundles := list -}}
-{{- range $flag, $ca := dict "kbs-ca" $c.kbsCA "store-ca" ($c.storeCA | default dict) -}}
-{{- if $ca.configMapName -}}
-{{- $bundles = append $bundles (dict "flag" $flag "configMapName" $ca.configMapName "key" ($ca.key | default "ca.crt")) -}}
+{{- $files := list -}}
+{{- $publisher := $c.trustedPublisher | default dict -}}
+{{- if and $publisher.configMapName $publisher.secretName }}
+{{- fail "cmlfs.trustedPublisher: set configMapName or secretName, not both" }}
+{{- end -}}
+{{- range $flag, $f := dict "kbs-ca" $c.kbsCA "store-ca" ($c.storeCA | default dict) "trust-publisher" $publisher -}}
+{{- if or $f.configMapName $f.secretName -}}
+{{- $key := $f.key | default (ternary "publisher.pub" "ca.crt" (eq $flag "trust-publisher")) -}}
+{{- $files = append $files (dict "flag" $flag "configMapName" ($f.configMapName | default "") "secretName" ($f.secretName | default "") "key" $key) -}}
 {{- end -}}
 {{- end -}}
-{{- toJson $bundles -}}
+{{- toJson $files -}}
 {{- end -}}
 
 {{/* cmlfs options shared by `cmlfs mount` (sidecar) and `cmlfs run` (in-container). */}}
@@ -93,8 +100,11 @@ becomes:
 {{- with $c.keyId }}
 - --key-id={{ . }}
 {{- end }}
-{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
 - --{{ .flag }}=/etc/cmlfs/{{ .flag }}/{{ .key }}
+{{- end }}
+{{- with $c.minModelVersion }}
+- --min-model-version={{ . }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - --store-header-file=/etc/cmlfs/store-headers/{{ $c.storeCredentials.headerFileSecret.key }}
@@ -111,7 +121,7 @@ becomes:
 {{- $c := .cmlfs -}}
 - name: cmlfs-run
   mountPath: /run/cmlfs
-{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
 - name: cmlfs-{{ .flag }}
   mountPath: /etc/cmlfs/{{ .flag }}
   readOnly: true
@@ -137,10 +147,15 @@ becomes:
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
-{{- range (include "cmlfs-lib.caBundles" . | fromJsonArray) }}
+{{- range (include "cmlfs-lib.fileOptions" . | fromJsonArray) }}
 - name: cmlfs-{{ .flag }}
+  {{- if .secretName }}
+  secret:
+    secretName: {{ .secretName }}
+  {{- else }}
   configMap:
     name: {{ .configMapName }}
+  {{- end }}
 {{- end }}
 {{- with $c.storeCredentials.headerFileSecret.name }}
 - name: cmlfs-store-headers
@@ -245,10 +260,22 @@ exec:
       mountPath: {{ $c.mountPath }}
       mountPropagation: Bidirectional
     {{- include "cmlfs-lib.credentialMounts" . | nindent 4 }}
-  {{- with $c.resources }}
+  {{- with include "cmlfs-lib.attesterResources" (dict "cmlfs" $c "base" $c.resources) | fromYaml }}
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/* Resources (YAML) of the container that attests: "base", plus one of the device plugin
+     resource cmlfs.vtpm.deviceResource names (the node's /dev/tpmrm0) when it is set. */}}
+{{- define "cmlfs-lib.attesterResources" -}}
+{{- $resources := deepCopy (.base | default dict) -}}
+{{- with (.cmlfs.vtpm | default dict).deviceResource }}
+{{- $limits := deepCopy ($resources.limits | default dict) -}}
+{{- $_ := set $limits . 1 -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
 {{- end -}}
 
 {{/* The model server's view of the shared volume: it sees the sidecar's mount, and a new
