@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from cmlfs.errors import CmlfsError
-from cmlfs.keys.rcar import loads_strict
+from cmlfs.format.strictjson import loads_strict
 
 MAX_POLICY_LEN = 64 * 1024
 MAX_RULES = 1000

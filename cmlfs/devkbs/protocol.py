@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 
 from cmlfs.errors import CmlfsError
-from cmlfs.keys.rcar import PROTOCOL_VERSION, TEE_TYPES, loads_strict
+from cmlfs.format.strictjson import loads_strict
+from cmlfs.keys.rcar import PROTOCOL_VERSION, TEE_TYPES
 
 # kbs-types TeePubKey (#[serde(tag = "kty")]): the fields each key type carries,
 # which are also the only ones the runtime-data digest covers.

@@ -49,6 +49,7 @@ from cmlfs.devkbs.verify import VerifyError
 from cmlfs.devkbs.vtpm import TEES as VTPM_TEES
 from cmlfs.devkbs.vtpm import TrustRoots, verify_vtpm
 from cmlfs.errors import CmlfsError
+from cmlfs.format.strictjson import loads_strict
 from cmlfs.keys.rcar import (
     ADMIN_ROLE,
     API_PREFIX,
@@ -56,7 +57,6 @@ from cmlfs.keys.rcar import (
     b64url_decode,
     dumps_compact,
     error_type,
-    loads_strict,
     resource_path,
     runtime_data_digest,
 )

@@ -17,7 +17,6 @@ mount of a cmlfs store never needs it); never puts a key or a plaintext byte in 
 import base64
 import binascii
 import hmac
-import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from cmlfs.errors import FormatError, IntegrityError, WrongKeyError
 from cmlfs.format.layout import Chunking
+from cmlfs.format.strictjson import loads_strict
 
 # What KServe's storage initializer (jwcrypto's defaults with an oct key) decrypts and what
 # range decryption can serve: AES key wrap or a direct key, then AES-GCM.
@@ -180,10 +180,7 @@ class JweHeader:
     def parse(cls, text: bytes) -> "JweHeader":
         """The protected header, refused unless it is one this reader can serve safely:
         a KW or direct key, AES-GCM content, no compression, no critical extensions."""
-        try:
-            fields = json.loads(b64url_decode(text, "the JWE header"), object_pairs_hook=_unique)
-        except (ValueError, RecursionError):
-            raise FormatError("the JWE header is not a JSON object") from None
+        fields = loads_strict(b64url_decode(text, "the JWE header"), "the JWE header", FormatError)
         if not isinstance(fields, dict):
             raise FormatError("the JWE header is not a JSON object")
         alg, enc = fields.get("alg"), fields.get("enc")
@@ -195,13 +192,6 @@ class JweHeader:
             if name in fields:
                 raise FormatError(f"a JWE header with {name!r} is refused")
         return cls(alg, enc)
-
-
-def _unique(pairs: list[tuple[str, object]]) -> dict:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member")
-    return result
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ import re
 from cmlfs.errors import FormatError, KeySourceError
 from cmlfs.format.jwe import key_from_resource
 from cmlfs.format.keys import MODEL_KEY_LEN
+from cmlfs.format.strictjson import loads_strict
 from cmlfs.keys.base import MAX_RESOURCE_LEN, ReleasedKey
-from cmlfs.keys.rcar import b64_decode, loads_strict
+from cmlfs.keys.rcar import b64_decode
 
 BUNDLE_TYPE = "cmlfs-key-bundle"
 BUNDLE_VERSION = 1

@@ -29,6 +29,7 @@ from jwcrypto import jwe, jwk, jwt
 from jwcrypto.common import JWException
 
 from cmlfs.errors import KeySourceError
+from cmlfs.format.strictjson import loads_strict
 from cmlfs.keys.attesters import Attester, select_attester
 from cmlfs.keys.base import KeySettings, ReleasedKey
 from cmlfs.keys.bundle import parse_resource
@@ -43,7 +44,6 @@ from cmlfs.keys.rcar import (
     b64url_encode,
     dumps_compact,
     error_variant,
-    loads_strict,
     resource_path,
     runtime_data_digest,
 )

@@ -1,8 +1,8 @@
 """Wire facts of Trustee's KBS protocol "0.4.0" (RCAR), shared by the client and dev-kbs.
 
 Pure: constants, the runtime-data binding (RFC 8785 JCS, then SHA-384 by
-default), resource-path rules, base64 helpers and strict JSON parsing of
-hostile input. No I/O. See docs/KEYS.md for the handshake these serve.
+default), resource-path rules and base64 helpers; hostile JSON is parsed by
+cmlfs.format.strictjson. No I/O. See docs/KEYS.md for the handshake these serve.
 """
 
 import base64
@@ -105,26 +105,6 @@ def b64_decode(text: object, what: str, error: type[E]) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise error(f"{what} is not base64") from None
-
-
-def loads_strict(data: bytes, what: str, error: type[E]) -> object:
-    """Parse UTF-8 JSON from an untrusted peer: no duplicate keys, no NaN/Infinity."""
-
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-        result = dict(pairs)
-        if len(result) != len(pairs):
-            raise ValueError("duplicate key")
-        return result
-
-    def no_constants(name: str) -> object:
-        raise ValueError(f"non-standard constant {name}")
-
-    try:
-        return json.loads(
-            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise error(f"{what} is not valid JSON") from None
 
 
 def dumps_compact(value: object) -> bytes:

@@ -31,6 +31,7 @@ from typing import BinaryIO, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from cmlfs.errors import StoreError
+from cmlfs.format.strictjson import loads_strict
 from cmlfs.manifest import MAX_MANIFEST_LEN
 from cmlfs.signature import MAX_SIGNATURE_LEN, SIGNATURE_MEDIA_TYPE, SIGNATURE_NAME
 from cmlfs.stores.base import (
@@ -172,10 +173,7 @@ def parse_file_artifact(body: bytes) -> dict[str, Descriptor]:
 def _image_manifest(body: bytes) -> dict:
     if len(body) > MAX_IMAGE_MANIFEST:
         raise StoreError("the OCI manifest is too large")
-    try:
-        doc = json.loads(body, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError):
-        raise StoreError("the OCI manifest is not valid JSON") from None
+    doc = loads_strict(body, "the OCI manifest", StoreError)
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise StoreError("the OCI manifest is not an image manifest (schemaVersion 2)")
     return doc
@@ -199,13 +197,6 @@ def _descriptor(value: object) -> Descriptor:
     if type(size) is not int or not 0 <= size <= MAX_OBJECT_SIZE:
         raise StoreError("an OCI layer descriptor has an invalid size")
     return Descriptor(media_type, digest, size)
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

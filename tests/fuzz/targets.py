@@ -33,10 +33,11 @@ from cmlfs.errors import CmlfsError, StoreError
 from cmlfs.format.aead import Algorithm, RecordCipher
 from cmlfs.format.header import BlobHeader, BlobOpener
 from cmlfs.format.layout import MAX_PLAINTEXT_SIZE
+from cmlfs.format.strictjson import loads_strict
 from cmlfs.keys.base import KeySettings
 from cmlfs.keys.bundle import parse_resource
 from cmlfs.keys.kbs import TeeKeyPair, _parse_challenge, _session_cookie, broker_error
-from cmlfs.keys.rcar import PROTOCOL_VERSION, TEE_TYPES, loads_strict
+from cmlfs.keys.rcar import PROTOCOL_VERSION, TEE_TYPES
 from cmlfs.keys.uri import key_source_from_uri
 from cmlfs.manifest import (
     MAX_ENTRIES,

@@ -138,9 +138,15 @@ def test_header_is_refused_for_unknown_members_that_matter():
         encoded = jwk.base64url_encode(json.dumps(header)).encode()
         with pytest.raises(FormatError, match=reason):
             open_parts(parts_of(encoded + rest), raw)
-    duplicate = jwk.base64url_encode('{"alg":"dir","alg":"A256KW","enc":"A256GCM"}').encode()
-    with pytest.raises(FormatError):
-        open_parts(parts_of(duplicate + rest), raw)
+    # Parsed as every hostile JSON is (cmlfs.format.strictjson): a duplicate member, NaN
+    # (not JSON), or bytes that are not UTF-8 are refused.
+    for header in (
+        b'{"alg":"dir","alg":"A256KW","enc":"A256GCM"}',
+        b'{"alg":"A256KW","enc":"A256GCM","x":NaN}',
+        b'{"alg":"A256KW","enc":"A256GCM","x":"\xff"}',
+    ):
+        with pytest.raises(FormatError, match="the JWE header is not valid JSON"):
+            open_parts(parts_of(jwk.base64url_encode(header).encode() + rest), raw)
 
 
 def test_chunk_digests_never_reuse_a_one_time_key():

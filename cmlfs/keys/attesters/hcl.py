@@ -27,7 +27,8 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cmlfs.errors import CmlfsError
-from cmlfs.keys.rcar import b64url_decode, loads_strict
+from cmlfs.format.strictjson import loads_strict
+from cmlfs.keys.rcar import b64url_decode
 
 HCL_REPORT_NV_INDEX = 0x01400001
 REPORT_REQUEST_NV_INDEX = 0x01400002
