@@ -220,6 +220,7 @@ async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> N
     reader.after_read = functools.partial(board.publish, slot, reader)
     reader.store.close()  # connections made before the fork would be shared between workers
     reader.store_stats.reset()  # what the supervisor counted before the fork stays its own
+    board.publish(slot, reader)  # its budget counts before its first read, not after
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, pyfuse3.terminate)
         await pyfuse3.main()

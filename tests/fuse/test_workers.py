@@ -154,6 +154,15 @@ def test_metrics_add_up_every_worker(store, tmp_path):
         assert seen["cmlfs_ready"] == 1
 
 
+def test_every_workers_budget_counts_before_its_first_read(store, tmp_path):
+    """Regression: a worker published its counters only after serving a read, so a worker
+    the kernel had not yet sent a read left its share of the budget out of /metrics."""
+    path, key, _ = store
+    args = ("--key-file", key, "--workers", "2", "--http", "127.0.0.1:0", "--cache-size", "8M")
+    with mounted(path, tmp_path / "mnt", *args) as mnt:
+        assert metrics(status_url(mnt))["cmlfs_cache_budget_bytes"] == 8 << 20
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [

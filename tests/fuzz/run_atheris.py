@@ -19,6 +19,7 @@ import concurrent.futures
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def fuzz_target(name: str, seconds: int, crash_dir: Path, work: Path) -> FuzzRes
         f"-artifact_prefix={prefix}",
         "-max_len=8192",
         "-timeout=10",
-        "-rss_limit_mb=1024",
+        f"-rss_limit_mb={1024 + _inherited_peak_rss_mb()}",
         "-print_final_stats=1",
         str(corpus),
     ]
@@ -90,6 +91,16 @@ def fuzz_target(name: str, seconds: int, crash_dir: Path, work: Path) -> FuzzRes
     return FuzzResult(
         name, round(time.monotonic() - started, 1), executions, coverage, crashes, result.returncode
     )
+
+
+def _inherited_peak_rss_mb() -> int:
+    """This process's peak RSS, which the child starts from.
+
+    Linux keeps a process's peak RSS across fork and exec, and libFuzzer checks the
+    limit against that peak: under a long pytest run of a few GiB every child would
+    report out-of-memory on its first check, with an empty input.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def _last_int(pattern: str, text: str) -> int:

@@ -56,3 +56,14 @@ def test_bounded_atheris_run_finds_no_crash(tmp_path):
     crashed = {r.target: r.crashes for r in results if not r.ok}
     assert not crashed
     assert all(r.executions > 0 for r in results)
+
+
+def test_a_large_parent_does_not_make_the_fuzzer_report_out_of_memory(tmp_path):
+    """Regression: the children inherited the pytest process's peak RSS (kept across fork
+    and exec), so late in a full run every target 'crashed' out of memory on an empty input."""
+    pytest.importorskip("atheris")
+    ballast = bytearray(1200 << 20)
+    ballast[:: 1 << 12] = b"\1" * len(range(0, len(ballast), 1 << 12))  # touch every page
+    [result] = run_all(["key_uri"], 2, tmp_path / "crashes")
+    del ballast
+    assert result.ok, result.crashes
