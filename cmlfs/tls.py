@@ -6,14 +6,15 @@ Debian /etc/ssl/certs/ca-certificates.crt, which update-ca-certificates maintain
 CA dropped into /usr/local/share/ca-certificates is trusted after it runs); OpenSSL's own
 SSL_CERT_FILE / SSL_CERT_DIR move it. Never the certifi bundle requests and botocore carry:
 an operator who installs a CA the system's way expects cmlfs to trust it.
+ssl is imported when asked, so ``cmlfs --help`` loads no TLS stack.
 """
-
-import ssl
 
 
 def system_ca_location() -> str | None:
     """The system's CA bundle (file, else folder) for ``requests``/botocore ``verify``; None
     when the system has none (the caller refuses, naming its CA option)."""
+    import ssl
+
     paths = ssl.get_default_verify_paths()
     for location in (paths.cafile, paths.capath):
         if location:
@@ -23,5 +24,7 @@ def system_ca_location() -> str | None:
 
 def missing_store_text() -> str:
     """Why there is no system trust store, for the caller's one-line error."""
+    import ssl
+
     cafile = ssl.get_default_verify_paths().openssl_cafile
     return f"no system trust store (OpenSSL looks at {cafile})"
