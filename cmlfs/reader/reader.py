@@ -142,7 +142,6 @@ class ModelReader:
         disk_cache: DiskCache | None = None,
         inline: bool = False,
         log_failures: bool = True,
-        hash_in_thread: bool = True,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -159,9 +158,6 @@ class ModelReader:
         self._pages_bytes = 0
         self._reported: set[tuple[int, int]] = set()
         self._log_failures = log_failures  # off where the caller reports them (cmlfs verify)
-        # An inline reader hashes format-2 records in a thread unless its event loop may sit
-        # in a blocking FUSE read that no thread's result could wake (a worker process).
-        self._hash_in_thread = inline and hash_in_thread and disk_cache is None
         self._flights: dict[tuple[int, int], _Flight] = {}
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
         self._disk_cache = disk_cache
@@ -341,10 +337,7 @@ class ModelReader:
                 spans = _record_spans(flight, opener.layout, offset, records, hashes, piece)
             else:
                 args = (entry, opener, chunks, flight.leaves)
-                if self._hash_in_thread and opener.hashed:
-                    opened = await self._fetch_hash_and_open(*args)
-                else:
-                    opened = await self._run_blocking(self._fetch_and_open, *args)
+                opened = await self._run_blocking(self._fetch_and_open, *args)
                 spans = [self._plaintext_span(flight.file_index, chunks, opened)]
                 flight.failures = opened.failures
                 self._report(flight.file_index, opened.failures)
@@ -407,19 +400,6 @@ class ModelReader:
         if not opener.hashed:
             return records, None
         return records, record_hashes(opener.layout, chunks, records)
-
-    async def _fetch_hash_and_open(
-        self, entry: FileEntry, opener: BlobOpener, chunks: range, leaves: bytes
-    ) -> OpenedSpan:
-        """An inline reader's format-2 fetch: read and opened on the event loop like any,
-        but its records hashed in a worker thread (hashlib releases the GIL), during which
-        the event loop goes on with other reads. Hashing inline would add about a quarter
-        to the event loop's work per byte (SHA-256 ~1.7 GB/s a core, tink's GCM-SIV ~2.5)."""
-        offset, length = opener.layout.records_span(chunks)
-        data = await self._run_blocking(self.store.read_range, entry.blob_name, offset, length)
-        hashing = functools.partial(record_hashes, opener.layout, chunks, data)
-        hashes = await run_in_thread(hashing, self._limiter)
-        return _open_records(entry, opener, chunks, data, leaves, hashes)
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, chunks: range, leaves: bytes | None

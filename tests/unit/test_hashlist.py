@@ -141,8 +141,7 @@ def reseal(blob: Path, index: int, plaintext: bytes) -> None:
 
 
 MODES = {
-    "inline": dict(inline=True),  # hashing in a thread, fetching and opening on the loop
-    "worker": dict(inline=True, hash_in_thread=False),  # as a worker process: all inline
+    "inline": dict(inline=True),  # as worker processes read: all on the event loop
     "threads": dict(threads=2, run_bytes=4 * CHUNK, prefetch_bytes=8 * CHUNK),
     "disk-cache": dict(threads=2, run_bytes=2 * CHUNK),
 }
