@@ -125,6 +125,7 @@ def test_a_store_made_from_the_v1_golden_vectors_still_mounts(tmp_path):
             assert (mnt / f["path"]).read_bytes() == plaintexts[f["header_sha256"]]
 
 
+@pytest.mark.expect_log("event=integrity_failed reason=.*(hash_root|hash page 0)")
 def test_damaged_hash_material_fails_the_file_through_a_mount(tmp_path):
     """A page digest that no longer matches the sealed root: every read of the file is EIO.
     A leaf changed: its page no longer matches its digest, so the page's chunks are EIO."""
