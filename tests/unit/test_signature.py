@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from model_signing import hashing, signing, verifying
 
 from cmlfs.errors import FormatError, IntegrityError
+from cmlfs.keys import FileKeySource
 from cmlfs.manifest import (
     MANIFEST_NAME,
     MAX_MANIFEST_LEN,
@@ -34,7 +35,7 @@ from cmlfs.manifest import (
     open_manifest,
     version_order,
 )
-from cmlfs.model import check_min_version, check_publisher
+from cmlfs.model import check_min_version, check_publisher, open_model
 from cmlfs.publish import EncryptSettings, encrypt_model
 from cmlfs.push import sign_store
 from cmlfs.signature import (
@@ -373,3 +374,55 @@ def test_the_mount_check_reads_the_signature_and_manifest_only(tmp_path, keys):
     check_min_version(open_manifest(sealed.data, key), "2")
     with pytest.raises(IntegrityError, match=r"older than --min-model-version 2\.0\.1"):
         check_min_version(open_manifest(sealed.data, key), "2.0.1")
+
+
+class RecordingKeySource:
+    """A real key file source that counts how often the key is asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = FileKeySource(path)
+        self.authenticated = self.inner.authenticated
+        self.releases = 0
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def fetch_release(self):
+        self.releases += 1
+        return self.inner.fetch_release()
+
+
+def test_the_key_is_asked_for_only_after_the_signature_verifies(tmp_path, keys):
+    """An unsigned store, one signed by another key and a format 1 store never cause a key
+    release; the minimum version is sealed, so it is checked after the release
+    (SECURITY.md, "Order, and what it means for rollback")."""
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(10_000))
+    key_file = tmp_path / "model.key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o600)
+    publisher = load_publisher_key(keys["publisher"][1])
+    stores = {}
+    for name, version, signer in (
+        ("unsigned", 2, None),
+        ("other", 2, "other"),
+        ("format1", 1, "publisher"),
+        ("signed", 2, "publisher"),
+    ):
+        stores[name] = store = tmp_path / name
+        settings = EncryptSettings(model_version="1.0", format_version=version)
+        encrypt_model(src, store, key_file.read_bytes(), settings)
+        if signer is not None:
+            sign_store(store, keys[signer][0])
+    for name in ("unsigned", "other", "format1"):
+        source = RecordingKeySource(key_file)
+        with pytest.raises(SignatureError):
+            open_model(str(stores[name]), source, publisher=publisher)
+        assert source.releases == 0, name
+    source = RecordingKeySource(key_file)
+    with pytest.raises(IntegrityError, match="older than --min-model-version"):
+        open_model(str(stores["signed"]), source, publisher=publisher, min_version="2")
+    assert source.releases == 1
+    _, manifest, _ = open_model(str(stores["signed"]), source, publisher=publisher)
+    assert manifest.version == "1.0" and source.releases == 2
