@@ -4,6 +4,7 @@ import os
 import threading
 import time
 
+import pytest
 import trio
 from jwcrypto import jwk
 
@@ -58,6 +59,11 @@ def test_a_file_being_read_is_authenticated_before_the_background_gets_to_it(tmp
     assert reader._done.keys() >= {2}
 
 
+@pytest.mark.expect_log(
+    'event=file_skipped path=a reason="two files serve this name"',
+    'event=file_skipped path=c reason="a JWE file serves this name"',
+    'event=file_refused path=[cd] reason="not a JWE file',
+)
 def test_listing_serves_jwe_names_without_clashes(tmp_path):
     key = jwk.JWK.generate(kty="oct", size=256)
     (tmp_path / "sub").mkdir()
