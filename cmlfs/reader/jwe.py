@@ -51,6 +51,9 @@ DEFAULT_AUTHENTICATORS = 2  # files authenticated at once in the background
 AUTH_READ_CHUNKS = 8  # chunks of text fetched per store request while authenticating
 READ_PASSES = 2  # passes of files being read that may run beside the background ones
 MAX_FILES = 100_000
+# The headers and wrapped keys a listing keeps for its files' passes, at most what a cmlfs
+# manifest body may hold: 100,000 files with the largest headers would keep ~900 MiB.
+MAX_LISTING_TEXT = 64 * 1024 * 1024
 # A JWE folder records no modes: show what KServe's storage initializer leaves on the model
 # volume (files written under the usual umask), write bits included as for every mount.
 FILE_MODE = 0o644
@@ -96,10 +99,18 @@ def list_jwe_folder(store: Store, show_plain: bool = False) -> JweListing:
     now = time.time_ns()
     files: dict[str, JweEntry] = {}
     clashes: set[str] = set()
+    kept = 0
     for name in names:
         entry = _entry(store, name, show_plain, now)
         if entry is None or entry.path in clashes:
             continue
+        if entry.parts is not None:
+            kept += len(entry.parts.header) + len(entry.parts.encrypted_key)
+            if kept > MAX_LISTING_TEXT:
+                raise StoreError(
+                    f"the JWE headers and wrapped keys in {store.describe()} add up to more "
+                    f"than {MAX_LISTING_TEXT} bytes"
+                )
         other = files.setdefault(entry.path, entry)
         if other is entry:
             continue

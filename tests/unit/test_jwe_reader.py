@@ -8,6 +8,8 @@ import pytest
 import trio
 from jwcrypto import jwk
 
+import cmlfs.reader.jwe
+from cmlfs.errors import StoreError
 from cmlfs.format.jwe import CHUNK_BYTES
 from cmlfs.reader.jwe import JweReader, list_jwe_folder
 from cmlfs.stores import LocalStore
@@ -81,3 +83,18 @@ def test_listing_serves_jwe_names_without_clashes(tmp_path):
     }  # "a.jwe" and "a" (eyJ...) both serve "a": neither is
     hidden = list_jwe_folder(LocalStore(tmp_path, files=True))
     assert {f.path for f in hidden.files} == {"b", "sub/.jwe", "c"}
+
+
+def test_a_listing_keeps_a_bounded_total_of_headers(tmp_path, monkeypatch):
+    """Each JWE header may take 8 KiB, and a folder 100,000 files; what a listing keeps of
+    them is bounded in total, as a manifest is, so a hostile store cannot fill memory."""
+    key = jwk.JWK.generate(kty="oct", size=256)
+    padding = "x" * 3000  # a header member of its own: ~4 KiB of base64url header
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.jwe").write_bytes(make_jwe(b"data", key, pad=padding))
+    store = LocalStore(tmp_path, files=True)
+    monkeypatch.setattr(cmlfs.reader.jwe, "MAX_LISTING_TEXT", 3 * 4200)
+    assert len(list_jwe_folder(store).files) == 3
+    monkeypatch.setattr(cmlfs.reader.jwe, "MAX_LISTING_TEXT", 2 * 4200)
+    with pytest.raises(StoreError, match=r"headers and wrapped keys .* more than 8400 bytes"):
+        list_jwe_folder(store)
