@@ -20,8 +20,8 @@ against its leaf hash before it is opened: a file's page digests are fetched
 and checked against the manifest's root when the file is first read, and the
 pages of leaves as reads need them (held within the cache budget). The reader
 never returns a byte that failed authentication: such reads raise
-IntegrityError, which the FUSE layer turns into EIO; each failed chunk is
-logged once.
+IntegrityError, which the FUSE layer turns into EIO; each failed chunk, header
+or page of hashes is logged once.
 """
 
 import bisect
@@ -67,7 +67,7 @@ PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at
 OPEN_PIECE_BYTES = 1024 * 1024  # fetched records are opened this much at a time (a FUSE read)
 DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
 HASH_PAGES_SHARE = 8  # checked pages of leaf hashes fill at most this part of the cache
-MAX_REPORTED_CHUNKS = 100_000  # failed chunks remembered so each is logged once
+MAX_REPORTED_CHUNKS = 100_000  # failures remembered so each is logged once
 
 
 # Upper bounds of the read latency histogram, 100 µs to 5 s: cache hits to slow stores.
@@ -156,7 +156,7 @@ class ModelReader:
         self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()  # checked leaf pages
         self._pages_budget = cache_bytes // HASH_PAGES_SHARE
         self._pages_bytes = 0
-        self._reported: set[tuple[int, int]] = set()
+        self._reported: set[tuple[int, int] | str] = set()  # failed chunks, other failures
         self._log_failures = log_failures  # off where the caller reports them (cmlfs verify)
         self._flights: dict[tuple[int, int], _Flight] = {}
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 2)
@@ -249,12 +249,14 @@ class ModelReader:
         """Log each failed chunk once, however often it is read (at most the first
         ``MAX_REPORTED_CHUNKS``): the store keeps serving a damaged record."""
         for chunk, error in failures.items():
-            key = (file_index, chunk)
-            if key not in self._reported and len(self._reported) < MAX_REPORTED_CHUNKS:
-                self._reported.add(key)
-                self._log_failure("event=chunk_rejected reason=%s", error)
+            self._log_failure((file_index, chunk), "event=chunk_rejected reason=%s", error)
 
-    def _log_failure(self, message: str, error: IntegrityError) -> None:
+    def _log_failure(self, key: tuple[int, int] | str, message: str, error: Exception) -> None:
+        """Log a failure the first time ``key`` fails (a chunk, or the message of a failure
+        of hash material or a header, which names its file and page)."""
+        if key in self._reported or len(self._reported) >= MAX_REPORTED_CHUNKS:
+            return
+        self._reported.add(key)
         if self._log_failures:
             log.error(message, quote(error))
 
@@ -488,7 +490,7 @@ class ModelReader:
             return await run_in_thread(functools.partial(function, *args), self._limiter)
         except IntegrityError as exc:
             self.stats.integrity_failures += 1
-            self._log_failure("event=integrity_failed reason=%s", exc)
+            self._log_failure(str(exc), "event=integrity_failed reason=%s", exc)
             raise
         except StoreError:
             self.stats.store_errors += 1

@@ -291,3 +291,26 @@ def test_format_1_stores_still_read(stores, tmp_path):
     plain = stores["contents"]["w.bin"]
     assert read(reader, index, 0, len(plain)) == plain
     assert reader.cache.held == 0
+
+
+@pytest.mark.expect_log("event=integrity_failed")
+def test_damaged_hash_material_fails_every_read_and_is_logged_once(stores, tmp_path, caplog):
+    """A store that keeps serving a damaged page digest or leaf page fails every read of
+    what it covers (nothing checked is kept), counted each time, but logged once per file
+    or page, as a damaged record is: repeated reads do not flood the log."""
+    store = copy_store(stores, 2, tmp_path)
+    blob, leaves, digests = hash_material(store)
+    pristine = blob.read_bytes()
+    caplog.set_level(logging.ERROR, "cmlfs.reader")
+    for offset, reason in ((digests, "hash_root"), (leaves, "hash page 0")):
+        caplog.clear()
+        damaged = bytearray(pristine)
+        damaged[offset] ^= 1
+        blob.write_bytes(damaged)
+        reader, index = open_reader(store, "inline", tmp_path)
+        for _ in range(3):
+            with pytest.raises(IntegrityError, match=reason):
+                read(reader, index, CHUNK, 10)
+        assert reader.stats.integrity_failures == 3
+        logged = [r.getMessage() for r in caplog.records if "integrity_failed" in r.getMessage()]
+        assert len(logged) == 1 and reason in logged[0], logged
