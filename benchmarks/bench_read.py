@@ -4,7 +4,8 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   seq-cold    sequential read of one large file, caches dropped before each read
   format      the same cold read of a format-2 store (what cmlfs encrypt writes: every
               record checked against its SHA-256 leaf) and of a format-1 store, and the
-              daemon's CPU seconds per GiB (steadier than MB/s on a busy machine)
+              daemon's CPU seconds per GiB (steadier than MB/s on a busy machine); -t2:
+              format 2 read with 2 fetch threads that hash (--threads 2)
   warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
   rand-4k     random 4 KiB preads, ops/s, cold start
   (seq-cold and the random reads also run a model sealed with 16 KiB chunks: the trade-off
@@ -127,6 +128,9 @@ class Workspace:
 
     def mount(self, variant: str) -> AbstractContextManager[Path]:
         if variant.startswith("cmlfs"):
+            name, _, threads = variant.rpartition("-t")  # -tN: with --threads N
+            if name in self.stores and threads.isdigit():
+                return cmlfs_mount(self.stores[name], self.mnt, self.key, "--threads", threads)
             store = self.stores[variant.removesuffix(WORKERS_SUFFIX)]
             extra = ("--workers", "2") if variant.endswith(WORKERS_SUFFIX) else ()
             return cmlfs_mount(store, self.mnt, self.key, *extra)
@@ -162,7 +166,7 @@ def format_cold(ws: Workspace, rounds: int) -> list[Measurement]:
     speed = Measurement("seq-cold-format", "MB/s", True, "cmlfs-gcm-siv-f1")
     cpu = Measurement("cpu-format", "s/GiB", False, "cmlfs-gcm-siv-f1")
     for _ in range(rounds):
-        for variant in ("cmlfs-gcm-siv-f1", "cmlfs-gcm-siv"):
+        for variant in ("cmlfs-gcm-siv-f1", "cmlfs-gcm-siv", "cmlfs-gcm-siv-t2"):
             with ws.mount(variant) as root:
                 drop_caches()
                 pid = daemon_pid(root)

@@ -14,14 +14,6 @@ REMOTE_RUN_BYTES = 4 * 1024 * 1024  # one request per 4 MiB amortizes network la
 REMOTE_THREADS = 8  # fetches in flight at once from a network store
 # Sequential reads from a network store fetch ahead one run per fetch thread.
 REMOTE_PREFETCH_BYTES = REMOTE_THREADS * REMOTE_RUN_BYTES
-# Format 2 hashes every record it reads (SHA-256, ~1.7 GB/s a core here, slower than
-# tink's GCM-SIV at ~2.5): inline, that adds about a quarter to the event loop's work per
-# byte. So one process reads a format-2 model from a folder with fetch threads, which
-# hash what they fetch (hashlib releases the GIL) while the event loop decrypts, fetching
-# ahead less than from a network store: 32 MiB ahead took the daemon to 200 MiB RSS with
-# a 64 MiB cache (benchmarks/RESULTS.md, "Format 2").
-LOCAL_HASHING_THREADS = 2
-LOCAL_PREFETCH_BYTES = 8 * 1024 * 1024
 
 
 def tuned_reader(
@@ -39,8 +31,9 @@ def tuned_reader(
 
     From a local folder, reading and opening a run inline on the event loop beats
     handing it to a worker thread (measured in benchmarks/RESULTS.md): the daemon's one
-    thread is the bottleneck either way, and the hand-off only adds to it; but a format-2
-    model's records are also hashed, which fetch threads do off the event loop. Worker
+    thread is the bottleneck either way, and the hand-off only adds to it. That holds for
+    format 2 too, whose records are also hashed: fetch threads that hash off the event
+    loop were slower on a quiet machine (benchmarks/RESULTS.md, "Format 2"). Worker
     processes always read inline (a worker whose event loop waits in a blocking FUSE
     read could not pass on a thread's result), and from a network store they fetch
     just the chunks a read misses: a longer run would be fetched again by every worker
@@ -49,10 +42,9 @@ def tuned_reader(
     """
     local = isinstance(store, LocalStore)
     one_process = workers == 1
-    hashed = manifest.format_version >= 2
-    inline = not one_process or (local and not hashed)
+    inline = local or not one_process
     if threads is None:
-        threads = 0 if inline else LOCAL_HASHING_THREADS if local else REMOTE_THREADS
+        threads = 0 if inline else REMOTE_THREADS
     return ModelReader(
         manifest,
         store,
@@ -61,7 +53,7 @@ def tuned_reader(
         run_bytes=fetch_bytes
         or (REMOTE_RUN_BYTES if one_process and not local else DEFAULT_RUN_BYTES),
         threads=threads or None,
-        prefetch_bytes=LOCAL_PREFETCH_BYTES if local else REMOTE_PREFETCH_BYTES,
+        prefetch_bytes=REMOTE_PREFETCH_BYTES,
         disk_cache=disk_cache,
         inline=threads == 0,
     )
