@@ -3,7 +3,7 @@
 Each vector is rebuilt from its stored inputs with the code and compared with
 the stored bytes (a format change fails here), then opened again in the other
 direction. A second, independent decoder written only from docs/FORMAT.md
-(struct, hashlib, HKDF, the AEAD) opens the same bytes, so the document and
+(struct, hashlib, blake3, HKDF, the AEAD) opens the same bytes, so the document and
 the code cannot drift apart. The negative vectors (v2-negative.json) are damaged
 stores: the code and the independent decoder must both refuse each with the error
 class it names. To add a format version, add ``v3-*`` files; never regenerate these.
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from blake3 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -183,6 +184,11 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def hash_list_hash(data: bytes) -> bytes:
+    """FORMAT.md 1 and 5.5: BLAKE3, plain hash mode, 32-byte output."""
+    return blake3(data).digest()
+
+
 def spec_open_manifest(sealed: bytes, model_key: bytes) -> tuple[int, dict]:
     """(version, body) of a sealed manifest, following FORMAT.md 6.7."""
     if not 80 <= len(sealed) <= 67_174_508:
@@ -232,7 +238,7 @@ def spec_open_blob(version: int, entry: dict, blob: bytes, model_key: bytes) -> 
     if len(blob) != expected or expected != entry["blob_size"]:
         raise errors.IntegrityError("blob size")
     digests = blob[records_end + 32 * n :]
-    if version == 2 and sha256(digests) != bytes.fromhex(entry["hash_root"]):
+    if version == 2 and hash_list_hash(digests) != bytes.fromhex(entry["hash_root"]):
         raise errors.IntegrityError("hash root")
     aead = AEADS[alg](okm[:32])
     out: list = []
@@ -241,10 +247,10 @@ def spec_open_blob(version: int, entry: dict, blob: bytes, model_key: bytes) -> 
         record = blob[start : start + min(chunk, size - i * chunk) + 28]
         if version == 2:
             page = blob[records_end + 32 * 128 * (i // 128) :][: 32 * min(128, n - i // 128 * 128)]
-            if sha256(page) != digests[32 * (i // 128) :][:32]:
+            if hash_list_hash(page) != digests[32 * (i // 128) :][:32]:
                 out.append(errors.IntegrityError("page"))
                 continue
-            if sha256(record) != page[32 * (i % 128) :][:32]:
+            if hash_list_hash(record) != page[32 * (i % 128) :][:32]:
                 out.append(errors.IntegrityError("leaf"))
                 continue
         try:
@@ -276,7 +282,9 @@ def test_the_multi_chunk_vectors_end_with_a_short_chunk():
             assert [len(r["record"]) // 2 for r in records] == [4124, 4124, 128]
         assert load(f"v{v}-blob-empty-aes-256-gcm-siv.json")["records"] == []
     empty = load("v2-blob-empty-aes-256-gcm-siv.json")
-    assert empty["hash_root"] == hashlib.sha256(b"").hexdigest()
+    # BLAKE3 of the empty string, as the BLAKE3 specification's test vectors give it
+    assert empty["hash_root"] == hash_list_hash(b"").hex()
+    assert empty["hash_root"] == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 
 
 # --- manifests --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ read, the ciphertext disk cache), log it once and never cache it. Any change to 
 hash material itself fails the reads that need it.
 """
 
-import hashlib
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from blake3 import blake3
 
 from cmlfs.errors import FormatError, IntegrityError
 from cmlfs.format.aead import Algorithm, RecordCipher
@@ -66,13 +66,11 @@ def test_the_builder_follows_the_definition():
     for record in records:
         builder.add(record)
     trailer, root = builder.finish()
-    leaves = b"".join(hashlib.sha256(r).digest() for r in records)
-    digests = (
-        hashlib.sha256(leaves[:PAGE_LEN]).digest() + hashlib.sha256(leaves[PAGE_LEN:]).digest()
-    )
+    leaves = b"".join(blake3(r).digest() for r in records)
+    digests = blake3(leaves[:PAGE_LEN]).digest() + blake3(leaves[PAGE_LEN:]).digest()
     assert trailer == leaves + digests
-    assert root == hashlib.sha256(digests).digest() == hash_root(digests)
-    assert HashListBuilder().finish() == (b"", hashlib.sha256(b"").digest())
+    assert root == blake3(digests).digest() == hash_root(digests)
+    assert HashListBuilder().finish() == (b"", blake3(b"").digest())
     check_pages(digests, 1, leaves[PAGE_LEN:])
     with pytest.raises(IntegrityError, match="hash page 1"):
         check_pages(digests, 0, leaves[:PAGE_LEN] + bytes(len(leaves) - PAGE_LEN))
@@ -263,8 +261,8 @@ def test_a_record_with_a_valid_tag_but_another_leaf_fails_even_with_its_page_reb
     data = bytearray(blob.read_bytes())
     layout = BlobHeader.parse(bytes(data[:HEADER_LEN])).layout
     record = data[layout.record_offset(1) :][: layout.record_len(1)]
-    data[leaves + HASH_LEN : leaves + 2 * HASH_LEN] = hashlib.sha256(record).digest()
-    data[digests:] = hashlib.sha256(data[leaves:digests]).digest()
+    data[leaves + HASH_LEN : leaves + 2 * HASH_LEN] = blake3(record).digest()
+    data[digests:] = blake3(data[leaves:digests]).digest()
     blob.write_bytes(data)
     reader, index = open_reader(store, "inline", tmp_path)
     with pytest.raises(IntegrityError, match="hash_root"):
