@@ -3,7 +3,7 @@
 Scenarios (each interleaves its variants round by round; medians and ratios):
   seq-cold    sequential read of one large file, caches dropped before each read
   format      the same cold read of a format-2 store (what cmlfs encrypt writes: every
-              record checked against its SHA-256 leaf) and of a format-1 store, and the
+              record checked against its BLAKE3 leaf) and of a format-1 store, and the
               daemon's CPU seconds per GiB (steadier than MB/s on a busy machine); -t2:
               format 2 read with 2 fetch threads that hash (--threads 2)
   warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
@@ -74,7 +74,7 @@ class Workspace:
         self.mnt = root / "mnt"
 
     def prepare(self) -> None:
-        stamp = self.root / f"ready-{self.size}-f2"  # -f2: stores of both formats
+        stamp = self.root / f"ready-{self.size}-f2-blake3"  # stores of both formats, BLAKE3 lists
         if stamp.exists():
             return
         shutil.rmtree(self.root, ignore_errors=True)
