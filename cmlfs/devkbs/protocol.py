@@ -100,7 +100,7 @@ def _field(doc: dict, name: str, kind: type, described: str) -> object:
 
 def _tee_pubkey(raw: dict) -> dict:
     kty = raw.get("kty")
-    if kty not in TEE_PUBKEY_FIELDS:
+    if not isinstance(kty, str) or kty not in TEE_PUBKEY_FIELDS:
         raise BodyError("tee-pubkey: unknown variant of `kty`, expected `RSA` or `EC`")
     for name in TEE_PUBKEY_FIELDS[kty][1:]:
         _field(raw, name, str, "a string")

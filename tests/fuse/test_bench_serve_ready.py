@@ -25,9 +25,11 @@ def test_serve_ready_smoke(tmp_path):
     memory = by_scenario["serve-memory synthetic-8M"]
     assert set(time_taken.samples) == set(approaches)
     assert all(len(v) == 1 and v[0] > 0 for v in time_taken.samples.values())
-    # the same decrypting daemon for both, but the RAM disk also held the model (8 MiB; the
-    # daemon's peak and the full RAM disk need not fall in one 10 ms sample)
-    assert memory.median("ramdisk") > memory.median("disk") + 3
+    # Every approach's peak was sampled. At 8 MiB, comparing RAM disk with disk is noise: the
+    # decrypting daemon's peak and the full RAM disk need not fall in one 10 ms sample, and
+    # its PSS varies by a few MiB between runs (a fresh-clone CI run saw 50.3 against 53.7).
+    assert set(memory.samples) == set(approaches)
+    assert all(v[0] > 8 for v in memory.samples.values())  # MiB: at least the model itself
     assert {t[2] for t in serve_targets(measurements)} == {"ramdisk", "disk", None}
     assert plot_serve_ready(measurements, tmp_path / "serve_ready.png")
     assert (tmp_path / "serve_ready.png").stat().st_size > 0
