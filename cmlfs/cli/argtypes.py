@@ -5,6 +5,7 @@ and the CLI only converts ``ValueError`` into argparse's one-line usage error.
 """
 
 import argparse
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,43 +18,50 @@ from cmlfs.signature import PublisherKey, load_publisher_key
 from cmlfs.units import parse_size
 
 
+def _reported(*errors: type[Exception]) -> Callable[[Callable], Callable]:
+    """Make a converter an argument type: its ``errors`` become argparse's one-line error
+    (the converter keeps its name, which argparse shows for other failures)."""
+
+    def wrap(convert: Callable) -> Callable:
+        @functools.wraps(convert)
+        def checked(text: str):
+            try:
+                return convert(text)
+            except errors as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return checked
+
+    return wrap
+
+
+@_reported(ValueError)
 def size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_size(text)
 
 
+@_reported(ValueError)
 def chunk_size(text: str) -> int:
-    value = size(text)
-    try:
-        chunk_size_log2(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    value = parse_size(text)
+    chunk_size_log2(value)
     return value
 
 
+@_reported(ValueError)
 def algorithm(text: str) -> Algorithm:
-    try:
-        return Algorithm.from_label(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return Algorithm.from_label(text)
 
 
+@_reported(CmlfsError)
 def model_version(text: str) -> str:
     """A version ``--min-model-version`` can order (cmlfs.manifest.version_order)."""
-    try:
-        version_order(text)
-    except CmlfsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    version_order(text)
     return text
 
 
+@_reported(CmlfsError)
 def publisher_key(text: str) -> PublisherKey:
-    try:
-        return load_publisher_key(Path(text))
-    except CmlfsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return load_publisher_key(Path(text))
 
 
 def count(text: str) -> int:
@@ -77,22 +85,18 @@ def key_id(text: str) -> str:
     return text
 
 
+@_reported(ValueError)
 def http_address(text: str) -> tuple[str, int]:
     from cmlfs.status import parse_address
 
-    try:
-        return parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_address(text)
 
 
+@_reported(ValueError)
 def listen_address(text: str) -> tuple[str, int]:
     from cmlfs.devkbs import parse_listen
 
-    try:
-        return parse_listen(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_listen(text)
 
 
 def cdh_address(text: str) -> str:
