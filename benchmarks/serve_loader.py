@@ -11,13 +11,16 @@ touched) or ``gguf`` / ``gguf-nommap`` (llama-cpp-python loads the folder's ``*.
 The process imports its whole stack first and prints ``ready``: imports are not what is
 compared. It then reads one line, the model folder, loads the model, computes the first
 answer, and prints one JSON line: ``seconds`` (load and answer), ``cpu_seconds`` (of this
-process meanwhile) and ``answer`` (SHA-256 of the answer's bytes, the same for every
-approach when they served the same bytes).
+process meanwhile), ``major_faults`` and ``minor_faults`` (page faults meanwhile: an mmapped
+model's faults that waited for a read, and those that found the page cached) and
+``answer`` (SHA-256 of the answer's bytes, the same for every approach when they served the
+same bytes).
 """
 
 import hashlib
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -85,14 +88,18 @@ def main(kind: str) -> None:
     answer = LOADERS[kind]()
     print("ready", flush=True)
     folder = Path(sys.stdin.readline().strip())
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start, cpu = time.perf_counter(), time.process_time()
     result = answer(folder)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_SELF)
     print(
         json.dumps(
             {
                 "seconds": seconds,
                 "cpu_seconds": cpu,
+                "major_faults": after.ru_majflt - before.ru_majflt,
+                "minor_faults": after.ru_minflt - before.ru_minflt,
                 "answer": hashlib.sha256(result).hexdigest(),
             }
         ),

@@ -25,6 +25,7 @@ from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
 from cmlfs.reader.jwe import JweListing, JweReader
+from cmlfs.warmup import Warmer
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,15 @@ def build_tree(manifest: Manifest | JweListing) -> dict[int, Node]:
 class ModelFs(pyfuse3.Operations):
     """Read-only view of one model; all data comes from the reader."""
 
-    def __init__(self, manifest: Manifest | JweListing, reader: ModelReader | JweReader) -> None:
+    def __init__(
+        self,
+        manifest: Manifest | JweListing,
+        reader: ModelReader | JweReader,
+        warmer: Warmer | None = None,
+    ) -> None:
         super().__init__()
         self.reader = reader
+        self.warmer = warmer
         self.nodes = build_tree(manifest)
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -177,11 +184,17 @@ class ModelFs(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if self.warmer is not None:
+            self.warmer.opened(inode, node.file_index, node.size)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     @_errno_boundary
     async def read(self, fh, off, size):
-        return await self.reader.read(self._node(fh).file_index, off, size)
+        file_index = self._node(fh).file_index
+        data = await self.reader.read(file_index, off, size)
+        if self.warmer is not None:
+            self.warmer.served(file_index, off, len(data))
+        return data
 
     @_errno_boundary
     async def release(self, fh):

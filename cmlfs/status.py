@@ -146,6 +146,11 @@ class MountCollector:
             ("cmlfs_read_bytes", "Plaintext bytes returned to readers.", stats.bytes_read),
             ("cmlfs_decrypted_bytes", "Plaintext bytes decrypted.", stats.bytes_decrypted),
             (
+                "cmlfs_warmed_bytes",
+                "Plaintext bytes pushed into the page cache ahead of readers (--warm-up).",
+                stats.bytes_warmed,
+            ),
+            (
                 "cmlfs_decrypted_chunks",
                 "Chunks decrypted and authenticated.",
                 stats.chunks_decrypted,

@@ -41,6 +41,12 @@ def size(text: str) -> int:
 
 
 @_reported(ValueError)
+def size_or_auto(text: str) -> int | None:
+    """A size, or None for ``auto`` (the option's own default)."""
+    return None if text == "auto" else parse_size(text)
+
+
+@_reported(ValueError)
 def chunk_size(text: str) -> int:
     value = parse_size(text)
     chunk_size_log2(value)

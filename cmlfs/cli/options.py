@@ -381,6 +381,17 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
         "--threads or --disk-cache)",
     )
     p.add_argument(
+        "--warm-up",
+        type=argtypes.size_or_auto,
+        default=MountSettings.warm_up_bytes,
+        metavar="SIZE",
+        help="once a file is opened, decrypt it in the background and push its plaintext "
+        "into the kernel's page cache, so a server that mmaps the model finds its pages "
+        "there instead of waiting for the daemon on each fault; at most SIZE bytes per "
+        "mount (default auto: half the memory available at mount; 0 turns it off; one "
+        "process only, not with --workers)",
+    )
+    p.add_argument(
         "--disk-cache",
         type=Path,
         metavar="DIR",
@@ -445,4 +456,5 @@ def mount_settings(args: argparse.Namespace, store: str, mountpoint: Path) -> Mo
         min_version=args.min_model_version,
         status=status,
         show_plain=args.show_plain_files,
+        warm_up_bytes=args.warm_up,
     )

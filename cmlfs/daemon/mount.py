@@ -34,6 +34,7 @@ from cmlfs.reader.jwe import JweListing, JweReader
 from cmlfs.reader.tuning import REMOTE_THREADS, tuned_reader
 from cmlfs.stores import LocalStore, Store
 from cmlfs.stores.diskcache import DiskCache
+from cmlfs.warmup import Warmer
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
     from cmlfs.status import StatusServer
@@ -60,14 +61,18 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         raise MountError("--disk-cache is kept by one process: it cannot serve --workers")
     if clear_stale_mount(settings.mountpoint):
         log.warning("event=stale_mount_cleared mountpoint=%s", quote(settings.mountpoint))
-    board = background = None
+    if settings.workers > 1 and settings.warm_up_bytes:
+        raise MountError("--warm-up runs in one process: leave it out with --workers")
+    board = background = warmer = None
     if holds_cmlfs_model(settings.store, settings.store_settings):
         store, manifest, reader = _open_model_reader(settings)
         board = WorkerBoard(settings.workers, store.stats) if settings.workers > 1 else None
+        limit = warm_up_limit(settings.warm_up_bytes)
+        warmer = Warmer(reader, limit) if board is None and limit else None
     else:
         store, manifest, reader = _open_jwe_reader(settings)
         background = reader.authenticate_all
-    operations = ModelFs(manifest, reader)
+    operations = ModelFs(manifest, reader, warmer)
     status = None
     if settings.status:
         from cmlfs.status import StatusServer
@@ -88,7 +93,9 @@ def serve(settings: MountSettings, notify: Notify) -> None:
     )
     try:
         if board is None:
-            trio.run(_serve_until_stopped, settings.mountpoint, notify, status, None, background)
+            trio.run(
+                _serve_until_stopped, settings.mountpoint, notify, status, None, background, warmer
+            )
         else:
             _supervise(settings, notify, status, operations, reader, board)
     except BaseException:
@@ -101,6 +108,26 @@ def serve(settings: MountSettings, notify: Notify) -> None:
         if status is not None:
             status.close()
         log.info("event=unmounted mountpoint=%s", quote(settings.mountpoint))
+
+
+def warm_up_limit(asked: int | None) -> int:
+    """The bytes the page-cache warm-up may push: ``asked`` (``--warm-up``), or by default
+    half the memory available now, within this process's cgroup limit if it has one
+    (the page cache it fills is charged there)."""
+    if asked is not None:
+        return asked
+    meminfo = Path("/proc/meminfo").read_text()
+    available = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
+    group = Path("/proc/self/cgroup").read_text().partition("0::")[2].strip()
+    folder = Path("/sys/fs/cgroup") / group.lstrip("/")
+    try:
+        limit = (folder / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((folder / "memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):  # cgroup v1, or no memory controller here
+        pass
+    return max(0, available // 2)
 
 
 def _open_model_reader(settings: MountSettings) -> tuple[Store, Manifest, ModelReader]:
@@ -132,10 +159,15 @@ def _open_model_reader(settings: MountSettings) -> tuple[Store, Manifest, ModelR
 def _open_jwe_reader(settings: MountSettings) -> tuple[Store, JweListing, JweReader]:
     """A KServe-style JWE folder's reader, once at least one of its files authenticated
     (else the mount is refused)."""
-    if settings.workers > 1 or settings.disk_cache is not None or settings.expected_key_id:
+    if (
+        settings.workers > 1
+        or settings.disk_cache is not None
+        or settings.expected_key_id
+        or settings.warm_up_bytes
+    ):
         raise MountError(
-            "a JWE model folder is served by one process and has no key id: leave out "
-            "--workers, --disk-cache and --key-id"
+            "a JWE model folder is served by one process, has no key id and is not warmed "
+            "up: leave out --workers, --disk-cache, --key-id and --warm-up"
         )
     store, listing, key = open_jwe_folder(
         settings.store,
@@ -196,14 +228,17 @@ async def _serve_until_stopped(
     status: "StatusServer | None",
     workers: WorkerSet | None = None,
     background: Callable[[], Awaitable[None]] | None = None,
+    warmer: Warmer | None = None,
 ) -> None:
     """Serve the mount here, or with ``workers`` supervise the processes that serve it;
-    ``background`` runs alongside (a JWE folder's authentication)."""
+    ``background`` (a JWE folder's authentication) and ``warmer`` run alongside."""
     stop = pyfuse3.terminate if workers is None else workers.stop
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, stop)
+        nursery.start_soon(_stop_on_signal, stop, warmer)
         if background is not None:
             nursery.start_soon(background)
+        if warmer is not None:
+            nursery.start_soon(warmer.run)
         if status is not None:
             nursery.start_soon(status.serve)
             notify = status.notifier(notify)
@@ -227,10 +262,12 @@ async def _serve_worker(slot: int, board: WorkerBoard, reader: ModelReader) -> N
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal(stop: Callable[[], None]) -> None:
+async def _stop_on_signal(stop: Callable[[], None], warmer: Warmer | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("event=signal signal=%s", signal.Signals(signum).name)
+            if warmer is not None:  # its push may wait for a read only this loop answers
+                await warmer.stop()
             stop()
             return
 

@@ -38,3 +38,4 @@ class MountSettings:
     status: "StatusSettings | None" = None  # --http: serve health, readiness and metrics
     workers: int = 1  # >1: worker processes serve the mount (cmlfs.daemon.workers)
     show_plain: bool = False  # a JWE folder's files that are not JWE are served, unauthenticated
+    warm_up_bytes: int | None = None  # --warm-up: None half the memory available, 0 off

@@ -100,6 +100,7 @@ class ReaderStats:
     """Counters for status and metrics; updated on the trio thread only."""
 
     bytes_read: int = 0
+    bytes_warmed: int = 0  # pushed into the page cache ahead of readers (cmlfs.warmup)
     chunks_decrypted: int = 0
     bytes_decrypted: int = 0
     store_requests: int = 0
@@ -191,14 +192,23 @@ class ModelReader:
         The result is bytes or a read-only view; never a byte that failed authentication.
         ``after_read``, when set, runs after every read, failed ones included.
         """
+        started = time.perf_counter()
         try:
-            return await self._read(file_index, offset, size)
+            result = await self._read(file_index, offset, size)
+            if result:
+                self.stats.bytes_read += len(result)
+                self.stats.read_seconds.observe(time.perf_counter() - started)
+            return result
         finally:
             if self.after_read is not None:
                 self.after_read()
 
+    async def plaintext(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
+        """``read`` for the daemon's own use (the page-cache warm-up): the same bytes, not
+        counted as read by a reader."""
+        return await self._read(file_index, offset, size)
+
     async def _read(self, file_index: int, offset: int, size: int) -> bytes | memoryview:
-        started = time.perf_counter()
         layout = self._layouts[file_index]
         chunks = layout.chunks_for_range(offset, size)
         if not chunks:
@@ -218,10 +228,7 @@ class ModelReader:
             start = max(offset, layout.chunk_offset(chunk))
             pieces.append(memoryview(span.plaintext)[start - span.offset : end - span.offset])
             chunk = span.end
-        result = pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
-        self.stats.bytes_read += len(result)
-        self.stats.read_seconds.observe(time.perf_counter() - started)
-        return result
+        return pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
 
     async def check(self, file_index: int) -> None:
         """Check file ``file_index``'s blob header and size against the manifest (no chunk

@@ -1,0 +1,116 @@
+"""Page-cache warm-up: once a file is opened, its plaintext is pushed into the kernel's page
+cache ahead of the server.
+
+A model server that mmaps its weights waits for one FUSE round trip per fault that
+misses the page cache, while the daemon idles whenever the server computes between
+faults (llama.cpp sets up its context after mapping the file, before touching a
+weight). From a file's first open on, a background task reads it in file order
+through the reader, so only authenticated plaintext (a piece that fails is skipped
+and never stored: the server's own read of it fails with EIO), and hands each piece
+to the kernel with ``FUSE_NOTIFY_STORE``. The server's faults on those pages are then
+minor faults that never reach the daemon. Blocks the kernel has already read are
+skipped. The page cache stays the kernel's: reclaimable, and a reclaimed page is read
+through the daemon again. At most ``limit`` bytes are pushed per mount
+(benchmarks/RESULTS.md, "Figures behind code choices", has what it gains).
+
+A push runs in a worker thread: the kernel locks each page it stores into, and a page
+the kernel is reading through this daemon stays locked until the event loop answers
+that read, so a push on the event loop could wait for itself. For the same reason the
+daemon stops the warm-up (``stop``) before it stops answering requests.
+"""
+
+import errno
+import functools
+import logging
+
+import pyfuse3
+import trio
+
+from cmlfs.errors import CmlfsError
+from cmlfs.logfmt import quote
+from cmlfs.reader import ModelReader
+from cmlfs.reader.reader import run_in_thread
+
+log = logging.getLogger(__name__)
+
+BLOCK = 64 * 1024  # what is tracked: a whole block the kernel has read is not pushed again
+PIECE = 1024 * 1024  # read and pushed this much at a time (a FUSE read's size)
+
+
+class Warmer:
+    """Pushes opened files into the page cache in the background, in the order opened."""
+
+    def __init__(self, reader: ModelReader, limit: int) -> None:
+        self.reader = reader
+        self.limit = limit
+        self._send, self._receive = trio.open_memory_channel[tuple[int, int, int]](float("inf"))
+        self._seen: dict[int, bytearray] = {}  # file index -> per block: 1 once read or pushed
+        self._pushing = trio.Lock()  # held while a push is in the kernel
+        self._limiter = trio.CapacityLimiter(1)
+        self._stopped = False
+
+    def opened(self, inode: int, file_index: int, size: int) -> None:
+        """File ``file_index`` (``inode`` to the kernel) was opened: queue it, the first time."""
+        if file_index in self._seen or self._stopped or size == 0:
+            return
+        self._seen[file_index] = bytearray(-(-size // BLOCK))
+        self._send.send_nowait((inode, file_index, size))
+
+    def served(self, file_index: int, offset: int, size: int) -> None:
+        """The kernel read ``size`` bytes at ``offset`` of file ``file_index``: the whole
+        blocks among them are in its page cache."""
+        seen = self._seen.get(file_index)
+        if seen is not None:
+            first, end = -(-offset // BLOCK), (offset + size) // BLOCK
+            if end > first:
+                seen[first:end] = b"\x01" * (end - first)
+
+    async def run(self) -> None:
+        """Warm the files opened, one after the other, until stopped or the limit is reached."""
+        async for inode, file_index, size in self._receive:
+            pushed = await self._warm(inode, file_index)
+            log.debug("event=warmed inode=%d bytes=%d size=%d", inode, pushed, size)
+
+    async def stop(self) -> None:
+        """Push no more; return once no push is left in the kernel."""
+        self._stopped = True
+        self._send.close()
+        async with self._pushing:
+            pass
+
+    async def _warm(self, inode: int, file_index: int) -> int:
+        """Push the blocks of one file the kernel has not read; the bytes pushed."""
+        seen, stats, pushed = self._seen[file_index], self.reader.stats, 0
+        block = 0
+        while block < len(seen):
+            if seen[block]:
+                block += 1
+                continue
+            end = block + 1
+            while end < len(seen) and end - block < PIECE // BLOCK and not seen[end]:
+                end += 1
+            first, block = block, end
+            offset = first * BLOCK
+            if self._stopped or stats.bytes_warmed >= self.limit:
+                break
+            try:
+                data = await self.reader.plaintext(file_index, offset, (end - first) * BLOCK)
+            except CmlfsError:  # the server's read of it fails with EIO; nothing is stored
+                continue
+            async with self._pushing:
+                if self._stopped:
+                    break
+                try:
+                    await run_in_thread(
+                        functools.partial(pyfuse3.notify_store, inode, offset, data),
+                        self._limiter,
+                    )
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:  # else the kernel has forgotten the file
+                        log.info("event=warm_up_stopped reason=%s", quote(exc.strerror))
+                        self._stopped = True
+                    break
+            seen[first:end] = b"\x01" * (end - first)
+            stats.bytes_warmed += len(data)
+            pushed += len(data)
+        return pushed
