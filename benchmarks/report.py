@@ -23,30 +23,39 @@ TARGETS = [
         True,
         "cold sequential format 2 >= 0.9x format 1 (GCM-SIV)",
     ),
-    (
-        "seq-cold",
-        "cmlfs-gcm-siv",
-        "gocryptfs",
-        1.0,
-        True,
-        "cold sequential GCM-SIV >= 1.0x gocryptfs",
-    ),
-    ("seq-cold", "cmlfs-gcm", "gocryptfs", 1.5, True, "cold sequential GCM >= 1.5x gocryptfs"),
+    # Issue 20's throughput targets: README recommends --workers 2 on a 2-core machine.
     (
         "seq-cold",
         "cmlfs-gcm-siv-2w",
         "gocryptfs",
-        1.0,
+        1.5,
         True,
-        "cold sequential GCM-SIV >= 1.0x gocryptfs (--workers 2)",
+        "cold sequential GCM-SIV >= 1.5x gocryptfs (--workers 2)",
+    ),
+    (
+        "seq-cold",
+        "cmlfs-gcm-siv",
+        "gocryptfs",
+        1.2,
+        True,
+        "cold sequential GCM-SIV >= 1.2x gocryptfs (one process)",
     ),
     (
         "seq-cold",
         "cmlfs-gcm-2w",
         "gocryptfs",
-        1.5,
+        2.0,
         True,
-        "cold sequential GCM >= 1.5x gocryptfs (--workers 2)",
+        "cold sequential GCM >= 2.0x gocryptfs (--workers 2)",
+    ),
+    # ratio None: reported beside a target, not one itself
+    (
+        "seq-cold",
+        "cmlfs-gcm",
+        "gocryptfs",
+        None,
+        True,
+        "cold sequential GCM, one process (the 2.0x target is --workers 2's)",
     ),
     (
         "warm",
@@ -166,8 +175,11 @@ def targets_table(by_scenario: dict[str, Measurement]) -> list[str]:
             rows.append(f"| {text} | not measured | - |")
             continue
         value = m.median(variant) / (m.median(baseline) if baseline else 1)
-        met = value >= ratio if higher else value <= ratio
         shown = f"{value:.2f}x" if baseline else f"{value:.4g} {m.unit}"
+        if ratio is None:
+            rows.append(f"| {text} | {shown} | (reported) |")
+            continue
+        met = value >= ratio if higher else value <= ratio
         rows.append(f"| {text} | {shown} | {'yes' if met else 'NO'} |")
     return rows
 
