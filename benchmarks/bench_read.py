@@ -11,8 +11,10 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   (seq-cold and the random reads also run a model sealed with 16 KiB chunks: the trade-off
   between per-chunk cost on sequential reads and bytes opened per random read)
   rand-1m     random 1 MiB preads, ops/s, cold start
-  first-byte  time to the first 1 MiB after mounting, and peak plaintext memory, against
-              decrypting the whole model into a RAM disk first (what an initContainer does)
+  first-byte  time from running `cmlfs mount` to holding the first 1 MiB, and peak plaintext
+              memory, against decrypting the whole model into a RAM disk first (what an
+              initContainer does) with the fastest decrypter here (cmlfs's read path, one
+              process or --workers 2, whichever is faster in the round)
 Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.daemon.workers).
 
 Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
@@ -36,6 +38,7 @@ from benchmarks.lib import (
     Peak,
     cmlfs_command,
     cmlfs_mount,
+    compile_cmlfs,
     drop_caches,
     gocryptfs_init,
     gocryptfs_mount,
@@ -217,8 +220,16 @@ def random_preads(ws: Workspace, rounds: int, block: int, count: int) -> Measure
 
 def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
     """cmlfs: mount, read the first MiB, then stream the rest while sampling the daemon's
-    memory. RAM disk: mount, copy everything to tmpfs, read the first MiB."""
+    memory. RAM disk: mount, copy everything to tmpfs, read the first MiB.
+
+    The RAM disk is filled by the fastest decrypter here, cmlfs's own read path: each round
+    decrypts with a one-process mount (-1w) and with --workers 2 (-2w, as bench_serve_ready's
+    --decrypt-workers does), and ``ramdisk-decrypt-all``, the baseline, is the faster of the
+    two in that round. ``mount-returned``: when ``cmlfs mount`` exited (the mount ready), the
+    rest of first-byte being the first read.
+    """
     latency = Measurement("first-byte", "s", False, "ramdisk-decrypt-all")
+    mounted = Measurement("mount-returned", "s", False, "cmlfs-mount")
     memory = Measurement("plaintext-memory", "MiB", False, "ramdisk-decrypt-all")
     ramdisk = Path("/dev/shm/cmlfs-bench-ramdisk")
     for _ in range(rounds):
@@ -227,6 +238,7 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
             drop_caches()
             start = time.perf_counter()
             with ws.mount(variant) as root:
+                mounted.add(label, time.perf_counter() - start)
                 with open(root / FILE, "rb") as f:
                     f.read(MIB)
                 latency.add(label, time.perf_counter() - start)
@@ -234,21 +246,31 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
                     read_sequential(root / FILE)
             memory.add(label, peak.value / MIB)
 
-        drop_caches()
-        shutil.rmtree(ramdisk, ignore_errors=True)
-        start = time.perf_counter()
-        with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key) as root:
-            shutil.copytree(root, ramdisk)
-        with open(ramdisk / FILE, "rb") as f:
-            f.read(MIB)
-        latency.add("ramdisk-decrypt-all", time.perf_counter() - start)
+        fastest = None
+        for workers in (1, 2):
+            drop_caches()
+            shutil.rmtree(ramdisk, ignore_errors=True)
+            extra = ("--workers", str(workers)) if workers > 1 else ()
+            start = time.perf_counter()
+            with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key, *extra) as root:
+                shutil.copytree(root, ramdisk)
+            with open(ramdisk / FILE, "rb") as f:
+                f.read(MIB)
+            seconds = time.perf_counter() - start
+            latency.add(f"ramdisk-decrypt-all-{workers}w", seconds)
+            fastest = seconds if fastest is None else min(fastest, seconds)
+        latency.add("ramdisk-decrypt-all", fastest)
         memory.add("ramdisk-decrypt-all", sum(p.stat().st_size for p in ramdisk.rglob("*")) / MIB)
         shutil.rmtree(ramdisk)
+    latency.notes = (
+        "ramdisk-decrypt-all: the faster of the -1w and -2w decrypt-alls of each round; cmlfs "
+        "started from compiled modules, as a pip-installed package is (lib.compile_cmlfs)"
+    )
     memory.notes = (
         "cmlfs: peak PSS of the daemon's processes while streaming the whole file (64 MiB "
         "cache included); RAM disk: plaintext bytes in tmpfs"
     )
-    return [latency, memory]
+    return [latency, mounted, memory]
 
 
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {
@@ -278,6 +300,7 @@ def main() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "gocryptfs"], check=True)
     ws = Workspace(args.work, args.size)
     ws.prepare()
+    compile_cmlfs()
     measurements = []
     for name in args.only or SCENARIOS:
         measurements.extend(SCENARIOS[name](ws, args.rounds))
