@@ -3,7 +3,8 @@ for cmlfs against the two ways encrypted models are loaded today.
 
 Approaches (rounds interleave them, in a rotating order; caches dropped before each):
   cmlfs     `cmlfs mount STORE MNT --key-file KEY`; the loader reads the mount (lazy
-            decryption). cmlfs-2w: the same with --workers 2.
+            decryption). cmlfs-2w: the same with --workers 2. cmlfs-nowarm (not run unless
+            asked for): with --warm-up 0, no page-cache warm-up.
   ramdisk   the origin RFC's initContainer: decrypt every file into a RAM disk (a tmpfs
             mounted for the run), then the loader reads the RAM disk.
   disk      KServe 0.20's storage initializer: stream-decrypt every file to NAME.tmp on
@@ -60,6 +61,7 @@ from cmlfs.units import format_size, parse_size
 from tests.conftest import proc_stat, serving_pids
 
 APPROACHES = ("cmlfs", "cmlfs-2w", "ramdisk", "disk", "plaintext")
+CHOICES = (*APPROACHES, "cmlfs-nowarm")
 DEFAULT_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2", "gemma3-270m")
 DEFAULT_SIZES = "256M,1G,4G,8G"
 LAYER_TENSOR = (4096, 4096)  # F16: 32 MiB, a large projection matrix
@@ -185,9 +187,11 @@ class Bench:
         shutil.rmtree(self.disk, ignore_errors=True)
 
     @contextmanager
-    def mount(self, model: Model, workers: int, pids: list[int]) -> Iterator[Path]:
-        """``model`` mounted; ``pids`` gets the daemon's processes."""
-        extra = ("--workers", str(workers)) if workers > 1 else ()
+    def mount(self, model: Model, workers: int, pids: list[int], *extra: str) -> Iterator[Path]:
+        """``model`` mounted (``extra``: more mount options); ``pids`` gets the daemon's
+        processes."""
+        if workers > 1:
+            extra = ("--workers", str(workers), *extra)
         with cmlfs_mount(self.store(model), self.mnt, self.key, *extra) as mnt:
             pids += serving_pids(mnt)
             yield mnt
@@ -201,7 +205,8 @@ class Bench:
             return model.folder, 0.0
         if approach.startswith("cmlfs"):
             workers = 2 if approach.endswith("-2w") else 1
-            return serving.enter_context(self.mount(model, workers, pids)), 0.0
+            extra = ("--warm-up", "0") if approach.endswith("-nowarm") else ()
+            return serving.enter_context(self.mount(model, workers, pids, *extra)), 0.0
         target = self.ramdisk / "model" if approach == "ramdisk" else self.disk / "model"
         with self.mount(model, self.decrypt_workers, pids) as mnt:
             copy_tree(mnt, target, rename=approach == "disk")
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
     parser.add_argument(
         "--sizes", default=DEFAULT_SIZES, help=f"synthetic model sizes (default {DEFAULT_SIZES})"
     )
-    parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
+    parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=CHOICES)
     parser.add_argument(
         "--decrypt-workers",
         type=int,
