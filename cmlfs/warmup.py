@@ -9,9 +9,10 @@ through the reader, so only authenticated plaintext (a piece that fails is skipp
 and never stored: the server's own read of it fails with EIO), and hands each piece
 to the kernel with ``FUSE_NOTIFY_STORE``. The server's faults on those pages are then
 minor faults that never reach the daemon. Blocks the kernel has already read are
-skipped. The page cache stays the kernel's: reclaimable, and a reclaimed page is read
-through the daemon again. At most ``limit`` bytes are pushed per mount
-(benchmarks/RESULTS.md, "Figures behind code choices", has what it gains).
+skipped, and a piece starts only once the kernel has sent no read for ``QUIET``: the
+server's own reads go first. The page cache stays the kernel's: reclaimable, and a
+reclaimed page is read through the daemon again. At most ``limit`` bytes are pushed per
+mount (benchmarks/RESULTS.md, "Figures behind code choices", has what it gains).
 
 A push runs in a worker thread: the kernel locks each page it stores into, and a page
 the kernel is reading through this daemon stays locked until the event loop answers
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 64 * 1024  # what is tracked: a whole block the kernel has read is not pushed again
 PIECE = 1024 * 1024  # read and pushed this much at a time (a FUSE read's size)
+QUIET = 0.002  # a piece is started only once the kernel has sent no read for this long
 
 
 class Warmer:
@@ -48,6 +50,7 @@ class Warmer:
         self._pushing = trio.Lock()  # held while a push is in the kernel
         self._limiter = trio.CapacityLimiter(1)
         self._stopped = False
+        self._last_read = 0.0
 
     def opened(self, inode: int, file_index: int, size: int) -> None:
         """File ``file_index`` (``inode`` to the kernel) was opened: queue it, the first time."""
@@ -59,6 +62,7 @@ class Warmer:
     def served(self, file_index: int, offset: int, size: int) -> None:
         """The kernel read ``size`` bytes at ``offset`` of file ``file_index``: the whole
         blocks among them are in its page cache."""
+        self._last_read = trio.current_time()
         seen = self._seen.get(file_index)
         if seen is not None:
             first, end = -(-offset // BLOCK), (offset + size) // BLOCK
@@ -78,6 +82,12 @@ class Warmer:
         async with self._pushing:
             pass
 
+    async def _quiet(self) -> None:
+        """Return once the kernel has sent no read for ``QUIET`` seconds: the server's reads
+        go first (a piece holds the event loop while it is opened)."""
+        while (wait := self._last_read + QUIET - trio.current_time()) > 0:
+            await trio.sleep(wait)
+
     async def _warm(self, inode: int, file_index: int) -> int:
         """Push the blocks of one file the kernel has not read; the bytes pushed."""
         seen, stats, pushed = self._seen[file_index], self.reader.stats, 0
@@ -91,6 +101,7 @@ class Warmer:
                 end += 1
             first, block = block, end
             offset = first * BLOCK
+            await self._quiet()
             if self._stopped or stats.bytes_warmed >= self.limit:
                 break
             try:
