@@ -8,8 +8,9 @@ aligned run (``run_bytes``) to amortize latency. A reader that wants a chunk
 already in flight waits for that fetch (single flight per chunk). Records are
 opened straight into one plaintext buffer per span, and a read that lies within
 one span is answered with a read-only view of it, without a copy. Inline (a
-local store, where a thread hand-off costs more than it saves) a fetch is
-fetched and opened on the event loop. With worker threads and no disk cache,
+local store, where a thread hand-off costs a read more than it saves) a fetch is
+fetched and opened on the event loop; only prefetch, if threaded, runs in
+threads. With worker threads and no disk cache,
 threads only fetch: the records wait in the cache and are opened on the event
 loop 1 MiB at a time as reads reach them, so their plaintext is still in the
 CPU's caches when it is served. Sequential reads start background fetches of
@@ -122,6 +123,7 @@ class _Flight:
     def __init__(self, file_index: int, first: int, end: int) -> None:
         self.file_index, self.first, self.end = file_index, first, end
         self.leaves: bytes | None = None  # format 2: the checked leaf hashes of its chunks
+        self.background = False  # a prefetch: no read waits for it yet
         self.done = trio.Event()
         self.spans: list[Span] = []
         self.failures: dict[int, IntegrityError] = {}
@@ -143,6 +145,7 @@ class ModelReader:
         disk_cache: DiskCache | None = None,
         inline: bool = False,
         log_failures: bool = True,
+        threaded_prefetch: bool = False,
     ) -> None:
         self.manifest = manifest
         self.store = store
@@ -170,13 +173,16 @@ class ModelReader:
         # cache keeps a run only once all of it authenticated, so with one runs are opened
         # whole.
         self._open_on_read = not inline and disk_cache is None
+        # An inline reader may still prefetch in worker threads (``threaded_prefetch``): its
+        # reads stay on the event loop, and the threads only fetch records, which reads open.
+        self._threaded_prefetch = threaded_prefetch and inline and disk_cache is None
         # Called after every read with the counters up to date: a worker process publishes
         # them there, since an idle worker's event loop may sit blocked in a FUSE read.
         self.after_read: Callable[[], object] | None = None
-        # Prefetch overlaps store latency with reading, which inline work cannot (background
-        # reads in a worker thread slow an inline reader down: benchmarks/RESULTS.md); it
-        # fills at most half the cache, so the spans being read stay.
-        self._max_ahead = 0 if inline else min(prefetch_bytes, cache_bytes // 2)
+        # Prefetch overlaps store latency with reading, which inline work cannot; it fills
+        # at most half the cache, so the spans being read stay.
+        prefetching = not inline or self._threaded_prefetch
+        self._max_ahead = min(prefetch_bytes, cache_bytes // 2) if prefetching else 0
         self._ahead: dict[int, int] = {}
         self._next_offset: dict[int, int] = {}
         self._frontier: dict[int, int] = {}  # per file: the chunk prefetching goes on from
@@ -336,10 +342,11 @@ class ModelReader:
             entry = self.manifest.files[flight.file_index]
             chunks = range(flight.first, flight.end)
             flight.leaves = await self._leaves(flight.file_index, opener, chunks)
-            if self._open_on_read:
+            if self._open_on_read or (flight.background and self._threaded_prefetch):
                 offset, length = opener.layout.records_span(chunks)
                 args = (entry, opener, chunks)
-                records, hashes = await self._run_blocking(self._fetch_records, *args)
+                fetch = self._fetch_records
+                records, hashes = await self._run_blocking(fetch, *args, threaded=True)
                 # In pieces only if the cache can hold them: a reader reads on from the
                 # cache, and a piece it cannot find there would be fetched again.
                 piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
@@ -393,6 +400,7 @@ class ModelReader:
         while chunk + unit <= stop or (stop == layout.n_chunks and chunk < stop):
             if self._free(file_index, chunk):  # else cached or on its way
                 flight = self._launch(file_index, chunk, min(chunk + unit, stop))
+                flight.background = True
                 trio.lowlevel.spawn_system_task(self._fly, flight)
                 chunk = flight.end
             else:
@@ -489,10 +497,11 @@ class ModelReader:
             self._pages_bytes -= len(dropped)
             self.cache.hold(-len(dropped))
 
-    async def _run_blocking(self, function, *args):
-        """Run store and crypto work in a worker thread (or inline), counting failures."""
+    async def _run_blocking(self, function, *args, threaded: bool | None = None):
+        """Run store and crypto work in a worker thread (or inline: by default as the reader
+        was made), counting failures."""
         try:
-            if self._inline:
+            if not (threaded if threaded is not None else not self._inline):
                 return function(*args)
             return await run_in_thread(functools.partial(function, *args), self._limiter)
         except IntegrityError as exc:

@@ -14,6 +14,10 @@ REMOTE_RUN_BYTES = 4 * 1024 * 1024  # one request per 4 MiB amortizes network la
 REMOTE_THREADS = 8  # fetches in flight at once from a network store
 # Sequential reads from a network store fetch ahead one run per fetch thread.
 REMOTE_PREFETCH_BYTES = REMOTE_THREADS * REMOTE_RUN_BYTES
+# A folder's sequential reads are fetched this far ahead: reading 1 GiB, a 32 MiB window
+# raised the daemon's peak RSS from 109 to 228 MiB (each fetch thread's malloc arena keeps
+# its buffers), 8 MiB to 149 MiB, and read as fast (benchmarks/RESULTS.md).
+LOCAL_PREFETCH_BYTES = 8 * 1024 * 1024
 
 
 def tuned_reader(
@@ -29,11 +33,12 @@ def tuned_reader(
 ) -> ModelReader:
     """A reader tuned for where the store is: larger runs and more fetches for network stores.
 
-    From a local folder, reading and opening a run inline on the event loop beats
-    handing it to a worker thread (measured in benchmarks/RESULTS.md): the daemon's one
-    thread is the bottleneck either way, and the hand-off only adds to it. That holds for
-    format 2 too, whose records are also hashed: fetch threads that hash off the event
-    loop were slower on a quiet machine (benchmarks/RESULTS.md, "Format 2"). Worker
+    From a local folder, a read is fetched and opened inline on the event loop: a thread
+    hand-off adds to a random read's latency (rand-4k 14% slower with 2 fetch threads,
+    benchmarks/RESULTS.md). A sequential stream is fetched ahead by worker threads
+    (``threaded_prefetch``), so the disk works while the event loop opens and replies:
+    with O_DIRECT reads that cost the threads almost no CPU, that read 9-14% faster.
+    Worker
     processes always read inline (a worker whose event loop waits in a blocking FUSE
     read could not pass on a thread's result), and from a network store they fetch
     just the chunks a read misses: a longer run would be fetched again by every worker
@@ -43,6 +48,7 @@ def tuned_reader(
     local = isinstance(store, LocalStore)
     one_process = workers == 1
     inline = local or not one_process
+    explicit_inline = threads == 0
     if threads is None:
         threads = 0 if inline else REMOTE_THREADS
     return ModelReader(
@@ -53,7 +59,8 @@ def tuned_reader(
         run_bytes=fetch_bytes
         or (REMOTE_RUN_BYTES if one_process and not local else DEFAULT_RUN_BYTES),
         threads=threads or None,
-        prefetch_bytes=REMOTE_PREFETCH_BYTES,
+        prefetch_bytes=LOCAL_PREFETCH_BYTES if local else REMOTE_PREFETCH_BYTES,
         disk_cache=disk_cache,
         inline=threads == 0,
+        threaded_prefetch=local and one_process and not explicit_inline,
     )

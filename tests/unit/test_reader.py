@@ -20,6 +20,7 @@ from cmlfs.manifest import MANIFEST_NAME, Manifest, open_manifest
 from cmlfs.publish import EncryptSettings, encrypt_model
 from cmlfs.reader import ModelReader, SealedSpan
 from cmlfs.reader.reader import run_in_thread
+from cmlfs.reader.tuning import tuned_reader
 from cmlfs.stores import LocalStore
 
 CHUNK = 4096
@@ -332,6 +333,39 @@ def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_m
     assert fetched >= 2 * 4 * MIB // (64 * 1024)  # 4 MiB read, at least as much ahead
     assert isinstance(reader.cache.find(0, fetched - 1), SealedSpan)  # still sealed
     assert reader.stats.chunks_decrypted == 4 * MIB // (64 * 1024)
+
+
+class ThreadRecordingStore(CountingStore):
+    """A counting folder store that also records which thread made each ranged read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.threads: list[int] = []
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        self.threads.append(threading.get_ident())
+        return super().read_range(name, offset, length)
+
+
+def test_a_folder_reader_reads_on_the_loop_and_prefetches_a_stream_in_threads(stream_model):
+    """``tuned_reader`` for a folder in one process: a random read is fetched on the event
+    loop's thread (no hand-off in its latency), a sequential stream is fetched ahead by
+    worker threads; every byte reads back and no chunk is decrypted twice."""
+    store_root, plain = stream_model
+    store = ThreadRecordingStore(store_root)
+    manifest = open_manifest(store.read_all(MANIFEST_NAME), KEY)
+    reader = tuned_reader(manifest, store, KEY, cache_bytes=64 * MIB)
+    loop = threading.get_ident()
+
+    async def stream() -> None:
+        assert await reader.read(0, 5 * MIB + 100, 4096) == plain[5 * MIB + 100 : 5 * MIB + 4196]
+        await trio.testing.wait_all_tasks_blocked()
+        assert set(store.threads) == {loop}, "a random read was handed to a thread"
+        await read_through(reader, plain, len(plain))
+
+    trio.run(stream)
+    assert loop in store.threads[2:] and set(store.threads) - {loop}, "no fetch ran ahead"
+    assert reader.stats.chunks_decrypted == len(plain) // (64 * 1024)
 
 
 def test_a_read_over_a_run_the_cache_cannot_hold_fetches_it_once(stream_model):
