@@ -24,6 +24,7 @@ from cmlfs.daemon.settings import MountSettings, Notify
 from cmlfs.daemon.workers import WorkerBoard, WorkerSet, answer_init, fork_worker
 from cmlfs.errors import CmlfsError, MountError
 from cmlfs.fs import ModelFs
+from cmlfs.fs.warmup import Warmer
 from cmlfs.hardening import disable_core_dumps, keep_large_buffers, lock_memory
 from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
@@ -34,7 +35,6 @@ from cmlfs.reader.jwe import JweListing, JweReader
 from cmlfs.reader.tuning import REMOTE_THREADS, tuned_reader
 from cmlfs.stores import LocalStore, Store
 from cmlfs.stores.diskcache import DiskCache
-from cmlfs.warmup import Warmer
 
 if TYPE_CHECKING:  # prometheus-client is imported only by mounts that serve --http
     from cmlfs.status import StatusServer

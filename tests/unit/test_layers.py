@@ -54,7 +54,6 @@ LAYERS = {
     "cmlfs.model": ("model", 5),
     "cmlfs.verify": ("model", 5),
     "cmlfs.fs": ("fs", 6),
-    "cmlfs.warmup": ("fs", 6),
     "cmlfs.daemon": ("daemon", 7),
     "cmlfs.run": ("daemon", 7),
     "cmlfs.status": ("daemon", 7),

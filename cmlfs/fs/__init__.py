@@ -23,11 +23,11 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 
 from cmlfs.errors import CmlfsError, IntegrityError
+from cmlfs.fs.warmup import Warmer
 from cmlfs.logfmt import quote
 from cmlfs.manifest import Manifest
 from cmlfs.reader import ModelReader
 from cmlfs.reader.jwe import JweListing, JweReader
-from cmlfs.warmup import Warmer
 
 log = logging.getLogger(__name__)
 
