@@ -15,7 +15,10 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
               memory, against decrypting the whole model into a RAM disk first (what an
               initContainer does) with the fastest decrypter here (cmlfs's read path, one
               process or --workers 2, whichever is faster in the round)
-Variants ending in -2w mount with --workers 2 (two processes decrypting; cmlfs.daemon.workers).
+Variants ending in -Nw mount with --workers N (N processes decrypting; cmlfs.daemon.workers):
+-2w as README recommends for 2 cores, -3w to test whether a third worker, which keeps a core
+busy while the others wait for their O_DIRECT reads, is faster. Rounds rotate the order of
+the variants, so that none always reads right after another's drop_caches.
 
 Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size 2G]
 (with --only, results go to results/read-<scenarios>.json, beside a full run's read.json)
@@ -24,6 +27,7 @@ Run as root (drop_caches, FUSE tuning):  python -m benchmarks.bench_read [--size
 import argparse
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -46,6 +50,7 @@ from benchmarks.lib import (
     pss_of,
     read_sequential,
     report,
+    rotated,
     run,
     save,
     timed,
@@ -134,8 +139,11 @@ class Workspace:
             name, _, threads = variant.rpartition("-t")  # -tN: with --threads N
             if name in self.stores and threads.isdigit():
                 return cmlfs_mount(self.stores[name], self.mnt, self.key, "--threads", threads)
-            store = self.stores[variant.removesuffix(WORKERS_SUFFIX)]
-            extra = ("--workers", "2") if variant.endswith(WORKERS_SUFFIX) else ()
+            workers = re.fullmatch(r"(.*)-(\d)w", variant)
+            if workers:
+                store, extra = self.stores[workers[1]], ("--workers", workers[2])
+            else:
+                store, extra = self.stores[variant], ()
             return cmlfs_mount(store, self.mnt, self.key, *extra)
         if variant == "gocryptfs":
             return gocryptfs_mount(self.gocryptfs_dir, self.mnt, self.passfile)
@@ -146,16 +154,19 @@ class Workspace:
 
 def sequential_cold(ws: Workspace, rounds: int) -> Measurement:
     m = Measurement("seq-cold", "MB/s", True, "gocryptfs")
-    for _ in range(rounds):
-        for variant in (
-            "cmlfs-gcm-siv",
-            "cmlfs-gcm",
-            "cmlfs-gcm-siv-2w",
-            "cmlfs-gcm-2w",
-            "cmlfs-gcm-siv-16k",
-            "gocryptfs",
-            "plain",
-        ):
+    variants = (
+        "cmlfs-gcm-siv",
+        "cmlfs-gcm",
+        "cmlfs-gcm-siv-2w",
+        "cmlfs-gcm-2w",
+        "cmlfs-gcm-siv-3w",
+        "cmlfs-gcm-3w",
+        "cmlfs-gcm-siv-16k",
+        "gocryptfs",
+        "plain",
+    )
+    for round_index in range(rounds):
+        for variant in rotated(variants, round_index):
             with ws.mount(variant) as root:
                 drop_caches()
                 seconds = timed(lambda root=root: read_sequential(root / FILE))
@@ -204,7 +215,8 @@ def random_preads(ws: Workspace, rounds: int, block: int, count: int) -> Measure
     for round_index in range(rounds):
         rng = random.Random(round_index)
         offsets = [rng.randrange(0, ws.size - block) // 4096 * 4096 for _ in range(count)]
-        for variant in ("cmlfs-gcm-siv", "cmlfs-gcm-siv-16k", "gocryptfs", "plain"):
+        variants = ("cmlfs-gcm-siv", "cmlfs-gcm-siv-16k", "gocryptfs", "plain")
+        for variant in rotated(variants, round_index):
             with ws.mount(variant) as root:
                 drop_caches()
                 fd = os.open(root / FILE, os.O_RDONLY)

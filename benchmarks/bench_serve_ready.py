@@ -53,6 +53,7 @@ from benchmarks.lib import (
     drop_caches,
     pss,
     report,
+    rotated,
     run,
     save,
 )
@@ -279,8 +280,7 @@ def serve_ready(
     cpu_m = Measurement(f"serve-daemon-cpu {name}", "s", False, "ramdisk")
     answers: dict[str, set[str]] = {}
     for round_index in range(rounds):
-        shift = round_index % len(approaches)
-        for approach in approaches[shift:] + approaches[:shift]:
+        for approach in rotated(approaches, round_index):
             outcome = serve_once(bench, approach, model)
             time_m.add(approach, outcome.seconds)
             prep_m.add(approach, outcome.prepare_seconds)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +44,12 @@ def run(*args: object, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(a) for a in args], check=True, capture_output=True, text=True, **kwargs
     )
+
+
+def rotated(variants: Sequence[str], round_index: int) -> list[str]:
+    """``variants`` starting one further each round: no variant keeps one place in the order."""
+    shift = round_index % len(variants)
+    return [*variants[shift:], *variants[:shift]]
 
 
 def drop_caches() -> None:

@@ -58,6 +58,22 @@ TARGETS = [
         "cold sequential GCM, one process (the 2.0x target is --workers 2's)",
     ),
     (
+        "seq-cold",
+        "cmlfs-gcm-siv-3w",
+        "gocryptfs",
+        None,
+        True,
+        "cold sequential GCM-SIV, --workers 3 (reported)",
+    ),
+    (
+        "seq-cold",
+        "cmlfs-gcm-3w",
+        "gocryptfs",
+        None,
+        True,
+        "cold sequential GCM, --workers 3 (reported)",
+    ),
+    (
         "warm",
         "cmlfs-gcm-siv",
         "gocryptfs-kernel_cache",
