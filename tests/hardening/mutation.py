@@ -11,9 +11,11 @@ must be 0 as well).
 
 How the checks stay real with one mount for thousands of mutations:
 
-- The daemon runs with ``--cache-size 0`` (no plaintext chunk cache) and every
-  read is opened with ``O_DIRECT``, so it bypasses the page cache and reaches the
-  daemon, which reads the store again.
+- The daemon runs with ``--cache-size 0`` (no plaintext chunk cache) and
+  ``--warm-up 0`` (nothing pushed into the page cache: a pushed page holds the
+  plaintext as it was before a mutation, and a read served from it never asks the
+  store again), and every read is opened with ``O_DIRECT``, so it bypasses the page
+  cache and reaches the daemon, which reads the store again.
 - Blobs are changed in place (same inode), which the store's cached descriptors see.
 - The reader checks a blob's header and size once per file, on first read, and
   keeps the result only when the check passed. So the model's files are split:
@@ -126,7 +128,7 @@ class Campaign:
             )
         self.mnt = workdir / "mnt"
         self.log = workdir / "daemon.log"
-        self.options = ["--key-file", self.key, "--cache-size", "0", "--log-file", self.log]
+        self.options = ["--key-file", self.key, "--cache-size", "0", "--warm-up", "0", "--log-file", self.log]
         manifest = open_manifest((self.store / MANIFEST_NAME).read_bytes(), self.key.read_bytes())
         twin = open_manifest((other / MANIFEST_NAME).read_bytes(), self.key.read_bytes())
         twins = {f.path: other / f.blob_name for f in twin.files}
