@@ -128,7 +128,16 @@ class Campaign:
             )
         self.mnt = workdir / "mnt"
         self.log = workdir / "daemon.log"
-        self.options = ["--key-file", self.key, "--cache-size", "0", "--warm-up", "0", "--log-file", self.log]
+        self.options = [
+            "--key-file",
+            self.key,
+            "--cache-size",
+            "0",
+            "--warm-up",
+            "0",
+            "--log-file",
+            self.log,
+        ]
         manifest = open_manifest((self.store / MANIFEST_NAME).read_bytes(), self.key.read_bytes())
         twin = open_manifest((other / MANIFEST_NAME).read_bytes(), self.key.read_bytes())
         twins = {f.path: other / f.blob_name for f in twin.files}
