@@ -18,7 +18,7 @@ from cmlfs.logfmt import quote
 log = logging.getLogger(__name__)
 
 _PR_SET_DUMPABLE = 4
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt parameters (malloc.h)
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 _CAP_IPC_LOCK = 14
 # Beyond the chunk cache, locked address space holds the interpreter, libraries, thread
@@ -85,8 +85,13 @@ def keep_large_buffers() -> None:
     By default glibc maps every allocation above 128 KiB afresh and unmaps it when
     freed, so each read pays a page fault per 4 KiB page (dearest on VMs that return
     freed memory to the host: benchmarks/RESULTS.md). Reusing heap memory removes that
-    cost; RSS stays bounded by the peak of cache plus requests in flight.
+    cost; RSS stays bounded by the peak of cache plus requests in flight. One arena for
+    all threads: each thread's arena would keep its own peak of freed buffers, and with
+    the fetch threads and the warm-up the sum grew with the length of a stream (the
+    daemon's peak PSS serving a 4 GiB model: 161 MiB, 142 MiB with one arena;
+    benchmarks/RESULTS.md, "Figures behind code choices").
     """
     libc = ctypes.CDLL(None)
     libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    libc.mallopt(_M_ARENA_MAX, 1)
