@@ -3,7 +3,7 @@
 It only translates requests: inode numbers to manifest entries, reads to
 ``ModelReader.read`` (or a JWE folder's listing and ``JweReader.read``). Files are
 opened with the page cache kept (no direct_io), so re-reads never reach the daemon
-and mmap works with MAP_SHARED. With a ``Warmer`` (cmlfs.warmup), an open queues the
+and mmap works with MAP_SHARED. With a ``Warmer`` (cmlfs.fs.warmup), an open queues the
 file for the page-cache warm-up and each read tells it which blocks the kernel now
 holds. Any error becomes an errno: integrity and store failures are EIO, and an
 unexpected exception is logged and also becomes EIO, so a handler never kills the

@@ -101,7 +101,7 @@ class ReaderStats:
     """Counters for status and metrics; updated on the trio thread only."""
 
     bytes_read: int = 0
-    bytes_warmed: int = 0  # pushed into the page cache ahead of readers (cmlfs.warmup)
+    bytes_warmed: int = 0  # pushed into the page cache ahead of readers (cmlfs.fs.warmup)
     chunks_decrypted: int = 0
     bytes_decrypted: int = 0
     store_requests: int = 0
@@ -500,8 +500,10 @@ class ModelReader:
     async def _run_blocking(self, function, *args, threaded: bool | None = None):
         """Run store and crypto work in a worker thread (or inline: by default as the reader
         was made), counting failures."""
+        if threaded is None:
+            threaded = not self._inline
         try:
-            if not (threaded if threaded is not None else not self._inline):
+            if not threaded:
                 return function(*args)
             return await run_in_thread(functools.partial(function, *args), self._limiter)
         except IntegrityError as exc:

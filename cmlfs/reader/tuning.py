@@ -15,8 +15,8 @@ REMOTE_THREADS = 8  # fetches in flight at once from a network store
 # Sequential reads from a network store fetch ahead one run per fetch thread.
 REMOTE_PREFETCH_BYTES = REMOTE_THREADS * REMOTE_RUN_BYTES
 # A folder's sequential reads are fetched this far ahead: reading 1 GiB, a 32 MiB window
-# raised the daemon's peak RSS from 109 to 228 MiB (each fetch thread's malloc arena keeps
-# its buffers), 8 MiB to 149 MiB, and read as fast (benchmarks/RESULTS.md).
+# raised the daemon's peak RSS from 109 to 228 MiB, 8 MiB to 149 MiB, and read as fast
+# (benchmarks/RESULTS.md; measured before the daemon kept one malloc arena).
 LOCAL_PREFETCH_BYTES = 8 * 1024 * 1024
 
 
@@ -37,8 +37,7 @@ def tuned_reader(
     hand-off adds to a random read's latency (rand-4k 14% slower with 2 fetch threads,
     benchmarks/RESULTS.md). A sequential stream is fetched ahead by worker threads
     (``threaded_prefetch``), so the disk works while the event loop opens and replies:
-    with O_DIRECT reads that cost the threads almost no CPU, that read 9-14% faster.
-    Worker
+    with O_DIRECT reads that cost the threads almost no CPU, that read 9-14% faster. Worker
     processes always read inline (a worker whose event loop waits in a blocking FUSE
     read could not pass on a thread's result), and from a network store they fetch
     just the chunks a read misses: a longer run would be fetched again by every worker

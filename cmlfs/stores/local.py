@@ -2,7 +2,7 @@
 (``files``) a folder of ordinary files such as a JWE model folder, read-only.
 
 Large reads of blobs bypass the page cache (``O_DIRECT``) where the filesystem allows it:
-the disk writes the ciphertext straight into a buffer the daemon reuses, instead of into
+the disk writes the ciphertext straight into the buffer the read returns, instead of into
 page-cache pages the daemon then copies out of. On the benchmark VM that copy was ~40% of a
 daemon's CPU during a cold read (its pages are memory the VM touches for the first time), and
 skipping it halves the CPU per GiB (benchmarks/RESULTS.md, "Figures behind code choices"); nor
