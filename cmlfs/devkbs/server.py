@@ -71,6 +71,7 @@ BANNER = (
 LISTEN_ANYWHERE_OPTION = "--insecure-dev-listen-anywhere"
 MAX_REQUEST_LEN = 2 << 20  # Trustee's default payload_request_size (2 MiB)
 REQUEST_TIMEOUT = 30.0
+MAX_RESPONSE_LEN = 1 << 20  # the largest answer (an attestation token) fits one write
 
 
 class DevKbsError(CmlfsError):
@@ -388,6 +389,10 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT
     protocol_version = "HTTP/1.1"
     server_version = "cmlfs-dev-kbs"
+    # Each reply leaves in one write, head and body together, as Trustee's server sends it
+    # (actix-http src/h1/dispatcher.rs encodes both into one write_buf). Written apart, the
+    # body waited behind Nagle's algorithm for the client's delayed ACK: ~40 ms per answer.
+    wbufsize = MAX_RESPONSE_LEN
 
     def do_GET(self) -> None:
         self._dispatch("GET")

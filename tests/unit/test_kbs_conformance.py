@@ -21,6 +21,8 @@ import base64
 import copy
 import hashlib
 import json
+import re
+import socket
 import time
 
 import pytest
@@ -437,6 +439,22 @@ def test_devkbs_resource_errors_are_trustees(devkbs):
     # kbs-types Response: the flattened JWE with no aad member
     assert reply.status_code == 200
     assert set(reply.json()) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
+
+
+def test_devkbs_answers_in_one_piece_as_trustee_does(devkbs):
+    """Head and body of an answer leave in one write, as actix-http's dispatcher sends them
+    (src/h1/dispatcher.rs: both encoded into one write_buf): written apart, the body waited
+    behind Nagle's algorithm for the client's delayed ACK, ~40 ms an answer (on a kept-alive
+    connection, once the first answers' quick ACKs are over), which timed dev-kbs rather than
+    the client in benchmarks/bench_read.py's broker rows."""
+    with socket.create_connection(devkbs.httpd.server_address[:2], timeout=10) as conn:
+        for _ in range(6):
+            conn.sendall(f"GET /kbs/v0/resource/{PATH} HTTP/1.1\r\nHost: kbs\r\n\r\n".encode())
+            answer = conn.recv(1 << 16)  # everything that has arrived, blocking for the first
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+            assert length > 0 and len(body) == length, answer
+            assert json.loads(body)["type"] == ERRORS + "TokenNotFound"
 
 
 # trustee kbs/src/api_server.rs "resource-policy" POST: each refusal and its text
