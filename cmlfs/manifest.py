@@ -174,6 +174,12 @@ class SealedManifest:
     def sha256(self) -> str:
         return manifest_digest(self.data)
 
+    @property
+    def algorithm(self) -> Algorithm:
+        """The AEAD named in the header (its id checked by ``parse``); authenticated only
+        when the manifest is opened, so before that a hint, e.g. of what to import."""
+        return Algorithm.from_id(_PREFIX.unpack(self.data[:PREFIX_LEN])[2])
+
 
 def seal_manifest(
     manifest: Manifest,

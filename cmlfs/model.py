@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cmlfs.errors import FormatError, IntegrityError, KeySourceError
+from cmlfs.format.aead import backend_imported_meanwhile
 from cmlfs.format.jwe import JWE_SUFFIX, key_from_resource
 from cmlfs.format.keys import MODEL_KEY_LEN
-from cmlfs.keys import KeySettings, KeySource, key_source_from_uri
+from cmlfs.keys import KeySettings, KeySource, ReleasedKey, key_source_from_uri
 from cmlfs.logfmt import quote
 from cmlfs.manifest import (
     MANIFEST_NAME,
@@ -76,6 +77,32 @@ def open_model(
             f"the model in {store.describe()} is sealed for key id {envelope.key_id}, "
             f"not the pinned {expected_key_id}"
         )
+    # What opens the model is imported while the key is obtained, not once it is there.
+    with backend_imported_meanwhile(sealed.algorithm):
+        release = _release(store, sealed, key_source, key_settings, expected_key_id, publisher)
+    pinned = release.manifest_sha256
+    if pinned is not None and not hmac.compare_digest(pinned, sealed.sha256):
+        raise IntegrityError(
+            f"the manifest in {store.describe()} is not the one the released key bundle pins "
+            "(rolled back or replaced); refusing it"
+        )
+    manifest = open_manifest(sealed.data, release.key)
+    if min_version is not None:
+        check_min_version(manifest, min_version)
+    return store, manifest, release.key
+
+
+def _release(
+    store: Store,
+    sealed: SealedManifest,
+    key_source: KeySource | None,
+    key_settings: KeySettings | None,
+    expected_key_id: str | None,
+    publisher: PublisherKey | None,
+) -> ReleasedKey:
+    """The released key: from ``key_source``, or from the key URI the envelope records
+    (only with ``expected_key_id``); a trusted ``publisher``'s signature checked first."""
+    envelope = sealed.envelope
     if key_source is None:
         if envelope.key_uri is None:
             raise KeySourceError("the model records no key URI: give --key-file or --key-uri")
@@ -93,17 +120,7 @@ def open_model(
         )
     if publisher is not None:
         check_publisher(store, sealed, publisher)
-    release = key_source.fetch_release()
-    pinned = release.manifest_sha256
-    if pinned is not None and not hmac.compare_digest(pinned, sealed.sha256):
-        raise IntegrityError(
-            f"the manifest in {store.describe()} is not the one the released key bundle pins "
-            "(rolled back or replaced); refusing it"
-        )
-    manifest = open_manifest(sealed.data, release.key)
-    if min_version is not None:
-        check_min_version(manifest, min_version)
-    return store, manifest, release.key
+    return key_source.fetch_release()
 
 
 def check_publisher(
