@@ -14,7 +14,10 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   first-byte  time from running `cmlfs mount` to holding the first 1 MiB, and peak plaintext
               memory, against decrypting the whole model into a RAM disk first (what an
               initContainer does) with the fastest decrypter here (cmlfs's read path, one
-              process or --workers 2, whichever is faster in the round)
+              process or --workers 2, whichever is faster in the round); key file. Then
+              first-byte-kbs: both again with the key released by a key broker (dev-kbs in
+              this process, `sample` attester), the clock started when the broker released
+              the key (as deployed, the daemon starts and attests before that)
 Variants ending in -Nw mount with --workers N (N processes decrypting; cmlfs.daemon.workers):
 -2w as README recommends for 2 cores, -3w to test whether a third worker, which keeps a core
 busy while the others wait for their O_DIRECT reads, is faster. Rounds rotate the order of
@@ -31,8 +34,8 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from benchmarks.lib import (
@@ -55,6 +58,10 @@ from benchmarks.lib import (
     save,
     timed,
 )
+from cmlfs.devkbs import DevKbs, DevKbsConfig
+from cmlfs.format.keys import key_id
+from cmlfs.keys.bundle import make_bundle
+from cmlfs.manifest import MANIFEST_NAME, manifest_digest
 from cmlfs.units import parse_size
 from tests.conftest import daemon_pid, proc_stat, serving_pids
 
@@ -230,9 +237,45 @@ def random_preads(ws: Workspace, rounds: int, block: int, count: int) -> Measure
     return m
 
 
+class ReleaseClock(DevKbs):
+    """dev-kbs noting when it released a key (``time.perf_counter``): the broker rows'
+    clock starts at the broker's release, not at a time the daemon reports of itself."""
+
+    def __init__(self, config: DevKbsConfig) -> None:
+        super().__init__(config)
+        self.released: list[float] = []
+
+    def release(self, *args, **kwargs) -> dict:
+        answer = super().release(*args, **kwargs)
+        self.released.append(time.perf_counter())
+        return answer
+
+
+@contextmanager
+def release_clock(ws: Workspace, store: Path) -> Iterator[tuple[ReleaseClock, list[str]]]:
+    """A broker holding ``store``'s key (a key bundle pinning its manifest), and the mount
+    options that take the key from it."""
+    repository = ws.root / "kbs-repository"
+    shutil.rmtree(repository, ignore_errors=True)
+    repository.mkdir()
+    broker = ReleaseClock(DevKbsConfig(repository, port=0)).start()
+    try:
+        key = ws.key.read_bytes()
+        digest = manifest_digest((store / MANIFEST_NAME).read_bytes())
+        broker.repository.write("default/bench/key", make_bundle(key, digest))
+        port = broker.httpd.server_address[1]
+        options = ["--key-uri", f"kbs://127.0.0.1:{port}/default/bench/key", "--key-id"]
+        yield broker, [*options, key_id(key), "--attester", "sample", "--insecure-kbs-http"]
+    finally:
+        broker.stop()
+        shutil.rmtree(repository)
+
+
 def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
     """cmlfs: mount, read the first MiB, then stream the rest while sampling the daemon's
-    memory. RAM disk: mount, copy everything to tmpfs, read the first MiB.
+    memory. RAM disk: mount, copy everything to tmpfs, read the first MiB. Both with a key
+    file (the clock from running `cmlfs mount`), then both with the key from a broker
+    (``first-byte-kbs``, the clock from the broker's release).
 
     The RAM disk is filled by the fastest decrypter here, cmlfs's own read path: each round
     decrypts with a one-process mount (-1w) and with --workers 2 (-2w, as bench_serve_ready's
@@ -243,37 +286,42 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
     latency = Measurement("first-byte", "s", False, "ramdisk-decrypt-all")
     mounted = Measurement("mount-returned", "s", False, "cmlfs-mount")
     memory = Measurement("plaintext-memory", "MiB", False, "ramdisk-decrypt-all")
+    brokered = Measurement("first-byte-kbs", "s", False, "ramdisk-decrypt-all")
+    attested = Measurement("kbs-release", "s", False, "cmlfs-mount")
     ramdisk = Path("/dev/shm/cmlfs-bench-ramdisk")
-    for _ in range(rounds):
-        for variant in ("cmlfs-gcm-siv", "cmlfs-gcm-siv" + WORKERS_SUFFIX):
-            label = "cmlfs-mount" + variant.removeprefix("cmlfs-gcm-siv")
+    store = ws.stores["cmlfs-gcm-siv"]
+    with release_clock(ws, store) as (broker, broker_options):
+        for _ in range(rounds):
+            # key file: the clock starts with `cmlfs mount` (interpreter start included)
+            for variant in ("cmlfs-gcm-siv", "cmlfs-gcm-siv" + WORKERS_SUFFIX):
+                label = "cmlfs-mount" + variant.removeprefix("cmlfs-gcm-siv")
+                drop_caches()
+                start = time.perf_counter()
+                with ws.mount(variant) as root:
+                    mounted.add(label, time.perf_counter() - start)
+                    with open(root / FILE, "rb") as f:
+                        f.read(MIB)
+                    latency.add(label, time.perf_counter() - start)
+                    with Peak(pss_of(list(serving_pids(ws.mnt)))) as peak:
+                        read_sequential(root / FILE)
+                memory.add(label, peak.value / MIB)
+            decrypt_all_first(ws, ramdisk, latency, ws.key, [])
+            plaintext = sum(p.stat().st_size for p in ramdisk.rglob("*"))
+            memory.add("ramdisk-decrypt-all", plaintext / MIB)
+            shutil.rmtree(ramdisk)
+
+            # key broker: the clock starts at the broker's release
             drop_caches()
+            broker.released.clear()
             start = time.perf_counter()
-            with ws.mount(variant) as root:
-                mounted.add(label, time.perf_counter() - start)
+            with cmlfs_mount(store, ws.mnt, None, *broker_options) as root:
                 with open(root / FILE, "rb") as f:
                     f.read(MIB)
-                latency.add(label, time.perf_counter() - start)
-                with Peak(pss_of(list(serving_pids(ws.mnt)))) as peak:
-                    read_sequential(root / FILE)
-            memory.add(label, peak.value / MIB)
-
-        fastest = None
-        for workers in (1, 2):
-            drop_caches()
-            shutil.rmtree(ramdisk, ignore_errors=True)
-            extra = ("--workers", str(workers)) if workers > 1 else ()
-            start = time.perf_counter()
-            with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, ws.key, *extra) as root:
-                shutil.copytree(root, ramdisk)
-            with open(ramdisk / FILE, "rb") as f:
-                f.read(MIB)
-            seconds = time.perf_counter() - start
-            latency.add(f"ramdisk-decrypt-all-{workers}w", seconds)
-            fastest = seconds if fastest is None else min(fastest, seconds)
-        latency.add("ramdisk-decrypt-all", fastest)
-        memory.add("ramdisk-decrypt-all", sum(p.stat().st_size for p in ramdisk.rglob("*")) / MIB)
-        shutil.rmtree(ramdisk)
+                held = time.perf_counter()
+            brokered.add("cmlfs-mount", held - broker.released[0])
+            attested.add("cmlfs-mount", broker.released[0] - start)
+            decrypt_all_first(ws, ramdisk, brokered, None, broker_options, broker)
+            shutil.rmtree(ramdisk)
     latency.notes = (
         "ramdisk-decrypt-all: the faster of the -1w and -2w decrypt-alls of each round; cmlfs "
         "started from compiled modules, as a pip-installed package is (lib.compile_cmlfs)"
@@ -282,7 +330,41 @@ def first_byte(ws: Workspace, rounds: int) -> list[Measurement]:
         "cmlfs: peak PSS of the daemon's processes while streaming the whole file (64 MiB "
         "cache included); RAM disk: plaintext bytes in tmpfs"
     )
-    return [latency, mounted, memory]
+    brokered.notes = (
+        "the key from dev-kbs (sample attester, loopback), every time measured from the "
+        "broker's release of the key; kbs-release: from running `cmlfs mount` to that release"
+    )
+    return [latency, mounted, memory, brokered, attested]
+
+
+def decrypt_all_first(
+    ws: Workspace,
+    ramdisk: Path,
+    latency: Measurement,
+    key: Path | None,
+    key_options: list[str],
+    broker: ReleaseClock | None = None,
+) -> None:
+    """Decrypt the whole model into ``ramdisk`` and read its first MiB, with one process
+    and with --workers 2; the faster of the two is ``ramdisk-decrypt-all``. Timed from
+    running `cmlfs mount`, or with ``broker`` from its release of the key. The plaintext
+    stays in ``ramdisk``."""
+    fastest = None
+    for workers in (1, 2):
+        drop_caches()
+        shutil.rmtree(ramdisk, ignore_errors=True)
+        extra = ("--workers", str(workers)) if workers > 1 else ()
+        if broker is not None:
+            broker.released.clear()
+        start = time.perf_counter()
+        with cmlfs_mount(ws.stores["cmlfs-gcm-siv"], ws.mnt, key, *key_options, *extra) as root:
+            shutil.copytree(root, ramdisk)
+        with open(ramdisk / FILE, "rb") as f:
+            f.read(MIB)
+        seconds = time.perf_counter() - (start if broker is None else broker.released[0])
+        latency.add(f"ramdisk-decrypt-all-{workers}w", seconds)
+        fastest = seconds if fastest is None else min(fastest, seconds)
+    latency.add("ramdisk-decrypt-all", fastest)
 
 
 SCENARIOS: dict[str, Callable[[Workspace, int], list[Measurement]]] = {

@@ -106,9 +106,14 @@ def unmount(mountpoint: Path) -> None:
 
 
 @contextmanager
-def cmlfs_mount(store: Path | str, mountpoint: Path, key: Path, *extra: str) -> Iterator[Path]:
+def cmlfs_mount(
+    store: Path | str, mountpoint: Path, key: Path | None, *extra: str
+) -> Iterator[Path]:
+    """``cmlfs mount`` with the key file ``key`` (None: the key options are in ``extra``),
+    unmounted on leaving."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    run(*cmlfs_command(), "mount", store, mountpoint, "--key-file", key, *extra)
+    key_options = () if key is None else ("--key-file", key)
+    run(*cmlfs_command(), "mount", store, mountpoint, *key_options, *extra)
     try:
         yield mountpoint
     finally:
