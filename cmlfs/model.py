@@ -14,11 +14,13 @@ when read (cmlfs.reader.jwe), or whole when imported into a cmlfs store
 
 import hmac
 import logging
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cmlfs.errors import FormatError, IntegrityError, KeySourceError
-from cmlfs.format.aead import backend_imported_meanwhile
+from cmlfs.format.aead import Algorithm, tink_available
 from cmlfs.format.jwe import JWE_SUFFIX, key_from_resource
 from cmlfs.format.keys import MODEL_KEY_LEN
 from cmlfs.keys import KeySettings, KeySource, ReleasedKey, key_source_from_uri
@@ -78,7 +80,7 @@ def open_model(
             f"not the pinned {expected_key_id}"
         )
     # What opens the model is imported while the key is obtained, not once it is there.
-    with backend_imported_meanwhile(sealed.algorithm):
+    with _backend_imported_meanwhile(sealed.algorithm):
         release = _release(store, sealed, key_source, key_settings, expected_key_id, publisher)
     pinned = release.manifest_sha256
     if pinned is not None and not hmac.compare_digest(pinned, sealed.sha256):
@@ -90,6 +92,25 @@ def open_model(
     if min_version is not None:
         check_min_version(manifest, min_version)
     return store, manifest, release.key
+
+
+@contextmanager
+def _backend_imported_meanwhile(algorithm: Algorithm) -> Iterator[None]:
+    """Import ``algorithm``'s fastest backend (tink, for GCM-SIV) in a thread while the body
+    runs, e.g. while a key broker attests and releases the key: the body mostly waits on
+    the network, so the import (~35-50 ms) is under way or done when the key arrives (done
+    when attesting takes longer), instead of starting then. Joined when the body ends,
+    whatever it raised: a fork must not copy an import lock that a thread holds (the child
+    would wait on it forever). Only the format layer's ``tink_available`` runs in it."""
+    loader = None
+    if algorithm is Algorithm.AES_256_GCM_SIV:
+        loader = threading.Thread(target=tink_available, name="tink-import", daemon=True)
+        loader.start()
+    try:
+        yield
+    finally:
+        if loader is not None:
+            loader.join()
 
 
 def _release(

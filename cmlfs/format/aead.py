@@ -7,9 +7,6 @@ failed authentication.
 """
 
 import functools
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum, IntEnum
 
 from cryptography.exceptions import InvalidTag
@@ -65,24 +62,6 @@ def tink_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@contextmanager
-def backend_imported_meanwhile(algorithm: Algorithm) -> Iterator[None]:
-    """Import ``algorithm``'s fastest backend (tink, for GCM-SIV) in a thread while the body
-    runs, e.g. while a key broker attests and releases the key: the body mostly waits on
-    the network, so the import (~35-50 ms) is done, or nearly, when the key arrives, instead
-    of starting then. Joined when the body ends, whatever it raised: a fork must not copy an
-    import lock that a thread holds (the child would wait on it forever)."""
-    loader = None
-    if algorithm is Algorithm.AES_256_GCM_SIV:
-        loader = threading.Thread(target=tink_available, name="tink-import", daemon=True)
-        loader.start()
-    try:
-        yield
-    finally:
-        if loader is not None:
-            loader.join()
 
 
 def default_backend(algorithm: Algorithm) -> Backend:
