@@ -166,6 +166,7 @@ class BlobOpener:
         data: bytes | memoryview,
         leaves: bytes | None = None,
         hashes: bytes | None = None,
+        buffer_len: int = 0,
     ) -> "OpenedSpan":
         """Open the records of ``chunks`` (consecutive) from one contiguous read of them.
 
@@ -175,7 +176,9 @@ class BlobOpener:
         authentication fails) leaves its part of the buffer zeroed and is listed in
         ``failures``, so that its intact neighbours stay usable. ``hashes``, if given,
         are the records' hashes computed from these same bytes (``record_hashes``),
-        so they need not be computed again here.
+        so they need not be computed again here. ``buffer_len`` makes the buffer at least
+        that long, zeros after the plaintext: a reader that keeps many buffers can give
+        them few sizes, so that a freed one fits the next (cmlfs.reader.reader).
         """
         layout = self.layout
         _, length = layout.records_span(chunks)
@@ -185,8 +188,9 @@ class BlobOpener:
         self._check_leaves(leaves)
         # Every chunk but the file's last is full: plain strides, no per-chunk lookups.
         size, stride, final = layout.chunk_size, layout.record_stride, layout.n_chunks - 1
-        plaintext = bytearray(layout.chunk_offset(last) + layout.chunk_len(last) - first * size)
-        out = memoryview(plaintext)
+        span_len = layout.span_len(chunks)
+        plaintext = bytearray(max(span_len, buffer_len))
+        out = memoryview(plaintext)[:span_len]
         records = memoryview(data)
         open_into, digest = self._cipher.open_into, self._header_digest
         failures: dict[int, IntegrityError] = {}
@@ -219,7 +223,8 @@ class BlobOpener:
 class OpenedSpan:
     """The plaintext of consecutive chunks from ``first`` on, with the chunks that failed.
 
-    Bytes of a failed chunk are zero and must never be served.
+    Bytes of a failed chunk are zero and must never be served; so are the bytes past the
+    chunks', where ``open_span`` was given a longer ``buffer_len``.
     """
 
     first: int

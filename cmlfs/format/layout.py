@@ -63,6 +63,11 @@ class Chunking:
         self._check_index(index)
         return min(self.chunk_size, self.plaintext_size - index * self.chunk_size)
 
+    def span_len(self, chunks: range) -> int:
+        """Plaintext bytes in ``chunks`` (consecutive, not empty)."""
+        last = chunks.stop - 1
+        return self.chunk_offset(last) + self.chunk_len(last) - self.chunk_offset(chunks.start)
+
     def chunks_for_range(self, offset: int, length: int) -> range:
         """Chunk indices holding plaintext bytes ``[offset, offset+length)``, clipped to EOF."""
         if offset < 0 or length < 0:

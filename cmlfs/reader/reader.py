@@ -66,6 +66,11 @@ T = TypeVar("T")
 PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
 PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at once
 OPEN_PIECE_BYTES = 1024 * 1024  # fetched records are opened this much at a time (a FUSE read)
+# A FUSE read not aligned to chunks spans one chunk more than an aligned one, so spans of
+# plaintext came in two sizes, and buffers freed in LRU order left holes of one size that the
+# other could not reuse: a --workers process's heap grew with a stream's length. Every span
+# from half a read up to a read and a chunk is therefore allocated at that one size
+# (benchmarks/RESULTS.md, "Serve-ready (issue 20)").
 DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
 HASH_PAGES_SHARE = 8  # checked pages of leaf hashes fill at most this part of the cache
 MAX_REPORTED_CHUNKS = 100_000  # failures remembered so each is logged once
@@ -154,6 +159,7 @@ class ModelReader:
         self._model_key = model_key
         self._layouts = [ChunkLayout(manifest.chunk_size, f.size) for f in manifest.files]
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
+        self._span_slot = OPEN_PIECE_BYTES + manifest.chunk_size  # see OPEN_PIECE_BYTES
         self._openers: dict[int, BlobOpener] = {}
         self._opening: SingleFlight[tuple[BlobOpener, bytes | None]] = SingleFlight()
         self._digests: dict[int, bytes] = {}  # format 2: each opened file's checked page digests
@@ -230,9 +236,11 @@ class ModelReader:
             )
             if isinstance(span, SealedSpan):
                 span = self._opened(span, chunk, chunks.stop)
-            # From ``chunk`` on: a span fetched after an eviction may start before it.
+            # From ``chunk`` on: a span fetched after an eviction may start before it. Up to
+            # the span's last chunk: its buffer may be longer (``_buffer_len``).
             start = max(offset, layout.chunk_offset(chunk))
-            pieces.append(memoryview(span.plaintext)[start - span.offset : end - span.offset])
+            stop = min(end, layout.chunk_offset(span.end))
+            pieces.append(memoryview(span.plaintext)[start - span.offset : stop - span.offset])
             chunk = span.end
         return pieces[0].toreadonly() if len(pieces) == 1 else b"".join(pieces)
 
@@ -289,7 +297,9 @@ class ModelReader:
         entry = self.manifest.files[span.file_index]
         opener = self._openers[span.file_index]
         chunks = range(span.first, span.end)
-        opened = _open_records(entry, opener, chunks, span.records, span.leaves, span.hashes)
+        records, leaves, hashes = span.records, span.leaves, span.hashes
+        buffer_len = self._buffer_len(opener.layout, chunks)
+        opened = _open_records(entry, opener, chunks, records, leaves, hashes, buffer_len)
         plain = self._plaintext_span(span.file_index, chunks, opened)
         if opened.failures:
             self.cache.discard(span)
@@ -306,10 +316,16 @@ class ModelReader:
         first, end = chunks.start, chunks.stop
         span = PlainSpan(file_index, first, end, layout.chunk_offset(first), opened.plaintext)
         self.stats.chunks_decrypted += len(chunks) - len(opened.failures)
-        self.stats.bytes_decrypted += len(opened.plaintext) - sum(
+        self.stats.bytes_decrypted += layout.span_len(chunks) - sum(
             layout.chunk_len(c) for c in opened.failures
         )
         return span
+
+    def _buffer_len(self, layout: ChunkLayout, chunks: range) -> int:
+        """How long the plaintext buffer of ``chunks`` is made: one size for every span of
+        about a FUSE read (``OPEN_PIECE_BYTES``), else just the span's."""
+        span_len = layout.span_len(chunks)
+        return self._span_slot if self._span_slot // 2 < span_len <= self._span_slot else span_len
 
     def _launch(self, file_index: int, chunk: int, end: int) -> _Flight:
         """Claim the chunks around ``chunk`` that are neither cached nor in flight: back to
@@ -428,16 +444,17 @@ class ModelReader:
         authenticated.
         """
         offset, length = opener.layout.records_span(chunks)
+        buffer_len = self._buffer_len(opener.layout, chunks)
         cache = self._disk_cache
         if cache:
             cached = cache.get(entry.blob_name, offset, length)
-            span = None if cached is None else _open_all(opener, chunks, cached, leaves)
+            span = None if cached is None else _open_all(opener, chunks, cached, leaves, buffer_len)
             if span is not None:
                 return span
             if cached is not None:
                 cache.discard(entry.blob_name, offset, length)
         data = self.store.read_range(entry.blob_name, offset, length)
-        span = _open_records(entry, opener, chunks, data, leaves)
+        span = _open_records(entry, opener, chunks, data, leaves, buffer_len=buffer_len)
         if cache and not span.failures:
             cache.put(entry.blob_name, offset, length, data)
         return span
@@ -601,10 +618,12 @@ def _open_records(
     data: bytes | memoryview,
     leaves: bytes | None,
     hashes: bytes | None = None,
+    buffer_len: int = 0,
 ) -> OpenedSpan:
-    """``chunks`` opened from their records; errors name the file."""
+    """``chunks`` opened from their records into a buffer of at least ``buffer_len``; errors
+    name the file."""
     try:
-        span = opener.open_span(chunks, data, leaves, hashes)
+        span = opener.open_span(chunks, data, leaves, hashes, buffer_len)
     except IntegrityError as exc:
         raise IntegrityError(f"{entry.path}: {exc}") from None
     for chunk, error in span.failures.items():
@@ -639,11 +658,11 @@ def _record_spans(
 
 
 def _open_all(
-    opener: BlobOpener, chunks: range, data: bytes, leaves: bytes | None
+    opener: BlobOpener, chunks: range, data: bytes, leaves: bytes | None, buffer_len: int
 ) -> OpenedSpan | None:
     """The opened run if every chunk of ``data`` matches and authenticates, else None."""
     try:
-        span = opener.open_span(chunks, data, leaves)
+        span = opener.open_span(chunks, data, leaves, buffer_len=buffer_len)
     except IntegrityError:
         return None
     return None if span.failures else span

@@ -323,6 +323,31 @@ def test_a_long_sequential_stream_is_fetched_in_growing_requests_each_chunk_once
     assert reader.stats.chunks_decrypted == len(plain) // (64 * 1024)
 
 
+def test_spans_of_aligned_and_unaligned_reads_get_one_buffer_size(stream_model):
+    """A 1 MiB read not aligned to chunks spans 17 chunks, an aligned one 16: both get a
+    buffer of 17 chunks, so a buffer the LRU cache frees fits the next span (with two sizes
+    a --workers process's heap grew with a stream's length). A small span keeps its own
+    size; reads across spans, and the decrypted count, see only the chunks' bytes."""
+    store_root, plain = stream_model
+    local = LocalStore(store_root)
+    manifest = open_manifest(local.read_all(MANIFEST_NAME), KEY)
+    reader = tuned_reader(manifest, local, KEY, cache_bytes=64 * MIB, workers=2)
+    chunk = 64 * 1024
+
+    async def main():
+        assert await reader.read(0, 0, MIB) == plain[:MIB]  # chunks 0-15
+        unaligned = 3 * MIB + 4096  # chunks 48-64
+        assert await reader.read(0, unaligned, MIB) == plain[unaligned : unaligned + MIB]
+        assert await reader.read(0, 8 * MIB, 4096) == plain[8 * MIB : 8 * MIB + 4096]
+        # Chunks 8-15 from the first span, then 16-23 fetched as a span of their own.
+        assert await reader.read(0, MIB // 2, MIB) == plain[MIB // 2 : MIB // 2 + MIB]
+
+    trio.run(main)
+    lengths = [len(reader.cache.find(0, index).plaintext) for index in (0, 48, 128, 16)]
+    assert lengths == [MIB + chunk, MIB + chunk, chunk, 8 * chunk]
+    assert reader.stats.bytes_decrypted == (16 + 17 + 1 + 8) * chunk
+
+
 def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_model):
     """Prefetched records wait in the cache unopened: the chunks decrypted are the ones
     read, though the store has sent much more."""
