@@ -47,6 +47,7 @@ class Warmer:
         self.limit = limit
         self._send, self._receive = trio.open_memory_channel[tuple[int, int, int]](float("inf"))
         self._seen: dict[int, bytearray] = {}  # file index -> per block: 1 once read or pushed
+        self._front: dict[int, int] = {}  # file index -> the block after the kernel's furthest read
         self._pushing = trio.Lock()  # held while a push is in the kernel
         self._limiter = trio.CapacityLimiter(1)
         self._stopped = False
@@ -68,6 +69,7 @@ class Warmer:
             first, end = -(-offset // BLOCK), (offset + size) // BLOCK
             if end > first:
                 seen[first:end] = b"\x01" * (end - first)
+            self._front[file_index] = max(end, self._front.get(file_index, 0))
 
     async def run(self) -> None:
         """Warm the files opened, one after the other, until stopped or the limit is reached."""
@@ -89,21 +91,29 @@ class Warmer:
             await trio.sleep(wait)
 
     async def _warm(self, inode: int, file_index: int) -> int:
-        """Push the blocks of one file the kernel has not read; the bytes pushed."""
+        """Push the blocks of one file the kernel has not read; the bytes pushed.
+
+        A piece is chosen once the kernel is quiet, so a block it read meanwhile is not
+        pushed as well. Pieces go on from the end of the kernel's furthest read of the file
+        when that is ahead (a server reading the file in order, from one thread or several,
+        has its next pages pushed, not those it has passed), and the blocks passed over are
+        pushed last.
+        """
         seen, stats, pushed = self._seen[file_index], self.reader.stats, 0
         block = 0
-        while block < len(seen):
-            if seen[block]:
-                block += 1
-                continue
-            end = block + 1
-            while end < len(seen) and end - block < PIECE // BLOCK and not seen[end]:
-                end += 1
-            first, block = block, end
-            offset = first * BLOCK
+        while True:
             await self._quiet()
             if self._stopped or stats.bytes_warmed >= self.limit:
                 break
+            first = _unseen(seen, max(block, self._front.get(file_index, 0)))
+            if first < 0:
+                break
+            end = seen.find(1, first, first + PIECE // BLOCK)
+            end = first + PIECE // BLOCK if end < 0 else end
+            end = min(end, len(seen))
+            block = end
+            seen[first:end] = b"\x01" * (end - first)  # pushed now, or failed: not again
+            offset = first * BLOCK
             try:
                 data = await self.reader.plaintext(file_index, offset, (end - first) * BLOCK)
             except CmlfsError:  # the server's read of it fails with EIO; nothing is stored
@@ -121,7 +131,13 @@ class Warmer:
                         log.info("event=warm_up_stopped reason=%s", quote(exc.strerror))
                         self._stopped = True
                     break
-            seen[first:end] = b"\x01" * (end - first)
             stats.bytes_warmed += len(data)
             pushed += len(data)
         return pushed
+
+
+def _unseen(seen: bytearray, start: int) -> int:
+    """The first block not yet read or pushed from ``start`` on, else from the file's
+    start; -1 once there is none."""
+    found = seen.find(0, start)
+    return seen.find(0, 0, start) if found < 0 else found

@@ -2,6 +2,7 @@
 plaintext, a chunk that fails authentication is never pushed (EIO through read() and
 mmap), it can be turned off, and a daemon stops cleanly in the middle of one."""
 
+import ctypes
 import errno
 import mmap
 import os
@@ -131,6 +132,52 @@ def test_a_tampered_chunk_is_never_pushed(model, tmp_path):
                     assert mapped_read(path, offset, CHUNK).stdout == data[offset : offset + CHUNK]
     finally:
         overwrite(blob, 0, original)
+
+
+def cached(path: Path, size: int) -> bytes:
+    """Per page of the file's first ``size`` bytes, 1 if it is in the page cache, else 0
+    (mincore on a mapping of it, which reads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = (ctypes.c_ubyte * (size // mmap.PAGESIZE))()
+    with open(path, "rb") as f:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    assert address != ctypes.c_void_p(-1).value, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.mincore(address, size, pages) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        libc.munmap(address, size)
+    return bytes(page & 1 for page in pages)
+
+
+def test_pushes_go_on_after_the_furthest_read(tmp_path):
+    """A file the server has read further into is warmed from the end of that read on, not
+    from its start: the pages after the read are pushed first. With the warm-up capped at
+    the first file and one piece more, the second file's one piece is the MiB after the
+    server's read, and its first two MiB stay out of the page cache."""
+    (tmp_path / "src").mkdir()
+    first, second = os.urandom(64 * MIB), os.urandom(4 * MIB)
+    (tmp_path / "src" / "a.bin").write_bytes(first)
+    (tmp_path / "src" / "b.bin").write_bytes(second)
+    key = tmp_path / "model.key"
+    run_cli("keygen", "--out", key)
+    run_cli("encrypt", tmp_path / "src", tmp_path / "store", "--key-file", key)
+    limit = len(first) + MIB
+    args = ("--key-file", key, "--warm-up", str(limit), "--http", "127.0.0.1:0")
+    with mounted(tmp_path / "store", tmp_path / "mnt", *args) as mnt:
+        url = status_url(mnt)
+        with open(mnt / "a.bin", "rb"), open(mnt / "b.bin", "rb") as b:
+            # b.bin waits behind a.bin's 64 MiB; no readahead, so the kernel reads 1 MiB
+            os.posix_fadvise(b.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            assert os.pread(b.fileno(), MIB, 2 * MIB) == second[2 * MIB : 3 * MIB]
+            wait_for(url, "cmlfs_warmed_bytes_total", limit)
+            pages = cached(mnt / "b.bin", len(second))
+    per_mib = MIB // mmap.PAGESIZE
+    assert pages[: 2 * per_mib] == bytes(2 * per_mib)  # never read or pushed
+    assert pages[2 * per_mib :] == b"\x01" * (2 * per_mib)  # read, then pushed
 
 
 def test_warm_up_off(model, tmp_path):
