@@ -4,13 +4,14 @@ cache ahead of the server.
 A model server that mmaps its weights waits for one FUSE round trip per fault that
 misses the page cache, while the daemon idles whenever the server computes between
 faults (llama.cpp sets up its context after mapping the file, before touching a
-weight). From a file's first open on, a background task reads it in file order
-through the reader, so only authenticated plaintext (a piece that fails is skipped
-and never stored: the server's own read of it fails with EIO), and hands each piece
-to the kernel with ``FUSE_NOTIFY_STORE``. The server's faults on those pages are then
-minor faults that never reach the daemon. Blocks the kernel has already read are
-skipped, and a piece starts only once the kernel has sent no read for ``QUIET``: the
-server's own reads go first. The page cache stays the kernel's: reclaimable, and a
+weight). From a file's first open on, a background task reads it in file order (from
+the end of the server's furthest read of it; the pages before that last) through the
+reader, so only authenticated plaintext (a piece that fails is skipped and never
+stored: the server's own read of it fails with EIO), and hands each piece to the kernel
+with ``FUSE_NOTIFY_STORE``. The server's faults on those pages are then minor faults
+that never reach the daemon. A piece starts only once the kernel has sent
+no read for ``QUIET`` (the server's own reads go first), and is chosen then, among the
+blocks the kernel has not read. The page cache stays the kernel's: reclaimable, and a
 reclaimed page is read through the daemon again. At most ``limit`` bytes are pushed per
 mount (benchmarks/RESULTS.md, "Figures behind code choices", has what it gains).
 
