@@ -5,7 +5,7 @@ Scenarios (each interleaves its variants round by round; medians and ratios):
   format      the same cold read of a format-2 store (what cmlfs encrypt writes: every
               record checked against its BLAKE3 leaf) and of a format-1 store, and the
               daemon's CPU seconds per GiB (steadier than MB/s on a busy machine); -t2:
-              format 2 read with 2 fetch threads that hash (--threads 2)
+              format 2 read with 2 fetch threads (--threads 2)
   warm        re-read of a file already in the page cache (gocryptfs with -kernel_cache)
   rand-4k     random 4 KiB preads, ops/s, cold start
   (seq-cold and the random reads also run a model sealed with 16 KiB chunks: the trade-off

@@ -82,17 +82,6 @@ class HashLayout:
         return self.leaves_offset + HASH_LEN * start, HASH_LEN * (end - start)
 
 
-def record_hashes(layout: ChunkLayout, chunks: range, data: bytes | memoryview) -> bytes:
-    """The hash of each record of ``chunks``, read as one contiguous run: what their
-    leaves must be. blake3 releases the GIL, so a worker thread that fetched the records
-    can hash them while the event loop decrypts others."""
-    view, stride = memoryview(data), layout.record_stride
-    return b"".join(
-        leaf_hash(view[at : at + layout.record_len(chunk)])
-        for chunk, at in zip(chunks, range(0, len(chunks) * stride, stride), strict=True)
-    )
-
-
 def digest_pages(leaves: bytes | memoryview) -> bytes:
     """The page digests of consecutive leaves starting at a page boundary."""
     view = memoryview(leaves)

@@ -165,7 +165,6 @@ class BlobOpener:
         chunks: range,
         data: bytes | memoryview,
         leaves: bytes | None = None,
-        hashes: bytes | None = None,
         buffer_len: int = 0,
     ) -> "OpenedSpan":
         """Open the records of ``chunks`` (consecutive) from one contiguous read of them.
@@ -174,9 +173,10 @@ class BlobOpener:
         place. A record that fails (its hash differs from its leaf in ``leaves``, the
         checked leaf hashes of these chunks that a format-2 blob requires, or its
         authentication fails) leaves its part of the buffer zeroed and is listed in
-        ``failures``, so that its intact neighbours stay usable. ``hashes``, if given,
-        are the records' hashes computed from these same bytes (``record_hashes``),
-        so they need not be computed again here. ``buffer_len`` makes the buffer at least
+        ``failures``, so that its intact neighbours stay usable. Each record is hashed
+        right before it is decrypted, while it is in the CPU's caches: hashing a run in the
+        thread that fetched it made format 2 read slower (benchmarks/RESULTS.md, "Format 2:
+        hash lists"). ``buffer_len`` makes the buffer at least
         that long, zeros after the plaintext: a reader that keeps many buffers can give
         them few sizes, so that a freed one fits the next (cmlfs.reader.reader).
         """
@@ -201,8 +201,7 @@ class BlobOpener:
             target = out[at:] if is_last else out[at : at + size]
             if leaves is not None:
                 own = slice(position * HASH_LEN, (position + 1) * HASH_LEN)
-                found = leaf_hash(record) if hashes is None else hashes[own]
-                if found != leaves[own]:
+                if leaf_hash(record) != leaves[own]:
                     failures[index] = IntegrityError(f"chunk {index}: {_NOT_ITS_HASH}")
                     continue
             try:

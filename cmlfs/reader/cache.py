@@ -47,7 +47,6 @@ class SealedSpan:
     offset: int
     records: memoryview
     leaves: bytes | None = None
-    hashes: bytes | None = None  # the records' own hashes, computed as they were fetched
     opened: PlainSpan | None = None
 
 

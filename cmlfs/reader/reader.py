@@ -48,7 +48,6 @@ from cmlfs.format.hashlist import (
     HashLayout,
     check_digests,
     check_pages,
-    record_hashes,
 )
 from cmlfs.format.header import BlobHeader, BlobOpener, OpenedSpan
 from cmlfs.format.layout import HEADER_LEN, ChunkLayout
@@ -297,9 +296,8 @@ class ModelReader:
         entry = self.manifest.files[span.file_index]
         opener = self._openers[span.file_index]
         chunks = range(span.first, span.end)
-        records, leaves, hashes = span.records, span.leaves, span.hashes
         buffer_len = self._buffer_len(opener.layout, chunks)
-        opened = _open_records(entry, opener, chunks, records, leaves, hashes, buffer_len)
+        opened = _open_records(entry, opener, chunks, span.records, span.leaves, buffer_len)
         plain = self._plaintext_span(span.file_index, chunks, opened)
         if opened.failures:
             self.cache.discard(span)
@@ -362,11 +360,11 @@ class ModelReader:
                 offset, length = opener.layout.records_span(chunks)
                 args = (entry, opener, chunks)
                 fetch = self._fetch_records
-                records, hashes = await self._run_blocking(fetch, *args, threaded=True)
+                records = await self._run_blocking(fetch, *args, threaded=True)
                 # In pieces only if the cache can hold them: a reader reads on from the
                 # cache, and a piece it cannot find there would be fetched again.
                 piece = OPEN_PIECE_BYTES if length <= self.cache.budget else length
-                spans = _record_spans(flight, opener.layout, offset, records, hashes, piece)
+                spans = _record_spans(flight, opener.layout, offset, records, piece)
             else:
                 args = (entry, opener, chunks, flight.leaves)
                 opened = await self._run_blocking(self._fetch_and_open, *args)
@@ -423,16 +421,11 @@ class ModelReader:
                 chunk += 1
         self._frontier[file_index] = chunk
 
-    def _fetch_records(
-        self, entry: FileEntry, opener: BlobOpener, chunks: range
-    ) -> tuple[memoryview, bytes | None]:
-        """The records of ``chunks`` and, in format 2, their hashes, computed here (a worker
-        thread) so that the event loop only compares them with the leaves."""
+    def _fetch_records(self, entry: FileEntry, opener: BlobOpener, chunks: range) -> memoryview:
+        """The records of ``chunks``, not hashed here: format 2's leaf check hashes each
+        record when it is opened, cache-hot for its decryption (``BlobOpener.open_span``)."""
         offset, length = opener.layout.records_span(chunks)
-        records = memoryview(self.store.read_range(entry.blob_name, offset, length))
-        if not opener.hashed:
-            return records, None
-        return records, record_hashes(opener.layout, chunks, records)
+        return memoryview(self.store.read_range(entry.blob_name, offset, length))
 
     def _fetch_and_open(
         self, entry: FileEntry, opener: BlobOpener, chunks: range, leaves: bytes | None
@@ -617,13 +610,12 @@ def _open_records(
     chunks: range,
     data: bytes | memoryview,
     leaves: bytes | None,
-    hashes: bytes | None = None,
     buffer_len: int = 0,
 ) -> OpenedSpan:
     """``chunks`` opened from their records into a buffer of at least ``buffer_len``; errors
     name the file."""
     try:
-        span = opener.open_span(chunks, data, leaves, hashes, buffer_len)
+        span = opener.open_span(chunks, data, leaves, buffer_len)
     except IntegrityError as exc:
         raise IntegrityError(f"{entry.path}: {exc}") from None
     for chunk, error in span.failures.items():
@@ -636,11 +628,10 @@ def _record_spans(
     layout: ChunkLayout,
     base: int,
     records: memoryview,
-    hashes: bytes | None,
     piece: int,
 ) -> list[SealedSpan]:
     """Spans of ``flight``'s records, fetched from blob offset ``base``, each of the
-    chunks of ``piece`` bytes, with their leaves and hashes in format 2."""
+    chunks of ``piece`` bytes, with their leaves in format 2."""
     step = max(1, piece // layout.chunk_size)
     spans = []
     leaves = flight.leaves
@@ -649,10 +640,9 @@ def _record_spans(
         start, length = layout.records_span(chunks)
         piece = records[start - base : start - base + length]
         span = SealedSpan(flight.file_index, first, chunks.stop, layout.chunk_offset(first), piece)
-        if leaves is not None and hashes is not None:
+        if leaves is not None:
             at = (first - flight.first) * HASH_LEN
-            end = at + len(chunks) * HASH_LEN
-            span.leaves, span.hashes = leaves[at:end], hashes[at:end]
+            span.leaves = leaves[at : at + len(chunks) * HASH_LEN]
         spans.append(span)
     return spans
 
