@@ -101,16 +101,26 @@ def _backend_imported_meanwhile(algorithm: Algorithm) -> Iterator[None]:
     the network, so the import (~35-50 ms) is under way or done when the key arrives (done
     when attesting takes longer), instead of starting then. Joined when the body ends,
     whatever it raised: a fork must not copy an import lock that a thread holds (the child
-    would wait on it forever). Only the format layer's ``tink_available`` runs in it."""
+    would wait on it forever). Only ``_import_backend`` runs in it."""
     loader = None
     if algorithm is Algorithm.AES_256_GCM_SIV:
-        loader = threading.Thread(target=tink_available, name="tink-import", daemon=True)
+        loader = threading.Thread(target=_import_backend, name="tink-import", daemon=True)
         loader.start()
     try:
         yield
     finally:
         if loader is not None:
             loader.join()
+
+
+def _import_backend() -> None:
+    """``tink_available`` in the import thread: a failure other than tink being absent (a
+    protobuf clash, say) is logged as one line; opening the manifest imports it again, in
+    the main thread, and reports it there."""
+    try:
+        tink_available()
+    except Exception as exc:
+        log.warning("event=backend_import_failed reason=%s", quote(exc))
 
 
 def _release(

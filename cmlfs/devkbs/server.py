@@ -71,7 +71,7 @@ BANNER = (
 LISTEN_ANYWHERE_OPTION = "--insecure-dev-listen-anywhere"
 MAX_REQUEST_LEN = 2 << 20  # Trustee's default payload_request_size (2 MiB)
 REQUEST_TIMEOUT = 30.0
-MAX_RESPONSE_LEN = 1 << 20  # the largest answer (an attestation token) fits one write
+WRITE_BUFFER_LEN = 64 * 1024  # an answer up to this long (head and body) leaves in one write
 
 
 class DevKbsError(CmlfsError):
@@ -392,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Each reply leaves in one write, head and body together, as Trustee's server sends it
     # (actix-http src/h1/dispatcher.rs encodes both into one write_buf). Written apart, the
     # body waited behind Nagle's algorithm for the client's delayed ACK: ~40 ms per answer.
-    wbufsize = MAX_RESPONSE_LEN
+    wbufsize = WRITE_BUFFER_LEN
 
     def do_GET(self) -> None:
         self._dispatch("GET")

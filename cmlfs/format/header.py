@@ -176,9 +176,9 @@ class BlobOpener:
         ``failures``, so that its intact neighbours stay usable. Each record is hashed
         right before it is decrypted, while it is in the CPU's caches: hashing a run in the
         thread that fetched it made format 2 read slower (benchmarks/RESULTS.md, "Format 2:
-        hash lists"). ``buffer_len`` makes the buffer at least
-        that long, zeros after the plaintext: a reader that keeps many buffers can give
-        them few sizes, so that a freed one fits the next (cmlfs.reader.reader).
+        hash lists"). ``buffer_len`` makes the buffer at least that long, zeros after the
+        plaintext: a reader that keeps many buffers can give them few sizes, so that a
+        freed one fits the next (cmlfs.reader.reader).
         """
         layout = self.layout
         _, length = layout.records_span(chunks)

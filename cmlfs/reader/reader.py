@@ -65,11 +65,7 @@ T = TypeVar("T")
 PREFETCH_UNIT_BYTES = 1024 * 1024  # one background fetch reads ahead at least this much
 PREFETCH_SPLIT = 4  # a full prefetch window is fetched in this many requests at once
 OPEN_PIECE_BYTES = 1024 * 1024  # fetched records are opened this much at a time (a FUSE read)
-# A FUSE read not aligned to chunks spans one chunk more than an aligned one, so spans of
-# plaintext came in two sizes, and buffers freed in LRU order left holes of one size that the
-# other could not reuse: a --workers process's heap grew with a stream's length. Every span
-# from half a read up to a read and a chunk is therefore allocated at that one size
-# (benchmarks/RESULTS.md, "Serve-ready (issue 20)").
+SLOT_MIN_CHUNKS = 16  # read-sized spans share one buffer size only if a read holds this many chunks
 DEFAULT_RUN_BYTES = 0  # a fetch holds just the chunks a read misses: random reads open one
 HASH_PAGES_SHARE = 8  # checked pages of leaf hashes fill at most this part of the cache
 MAX_REPORTED_CHUNKS = 100_000  # failures remembered so each is logged once
@@ -158,7 +154,8 @@ class ModelReader:
         self._model_key = model_key
         self._layouts = [ChunkLayout(manifest.chunk_size, f.size) for f in manifest.files]
         self._run_chunks = max(1, run_bytes // manifest.chunk_size)
-        self._span_slot = OPEN_PIECE_BYTES + manifest.chunk_size  # see OPEN_PIECE_BYTES
+        small = manifest.chunk_size * SLOT_MIN_CHUNKS <= OPEN_PIECE_BYTES
+        self._span_slot = OPEN_PIECE_BYTES + manifest.chunk_size if small else 0
         self._openers: dict[int, BlobOpener] = {}
         self._opening: SingleFlight[tuple[BlobOpener, bytes | None]] = SingleFlight()
         self._digests: dict[int, bytes] = {}  # format 2: each opened file's checked page digests
@@ -321,7 +318,16 @@ class ModelReader:
 
     def _buffer_len(self, layout: ChunkLayout, chunks: range) -> int:
         """How long the plaintext buffer of ``chunks`` is made: one size for every span of
-        about a FUSE read (``OPEN_PIECE_BYTES``), else just the span's."""
+        more than half a FUSE read up to a read and a chunk (``OPEN_PIECE_BYTES``), else just
+        the span's.
+
+        A read not aligned to chunks spans one chunk more than an aligned one, so spans came
+        in two sizes, and buffers freed in LRU order left holes of one size that the other
+        could not reuse: a --workers process's heap grew with a stream's length
+        (benchmarks/RESULTS.md, "Serve-ready (issue 20)"). With chunks of more than a
+        ``SLOT_MIN_CHUNKS``th of a read the padding would cost more than 1/16 of every
+        buffer, so their spans keep their own sizes (``_span_slot`` 0).
+        """
         span_len = layout.span_len(chunks)
         return self._span_slot if self._span_slot // 2 < span_len <= self._span_slot else span_len
 

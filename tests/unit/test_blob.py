@@ -225,6 +225,18 @@ def test_each_chunk_opens_alone():
     assert span.plaintext == plaintext[C : 3 * C]
 
 
+def test_a_longer_buffer_holds_the_plaintext_then_zeros_short_last_chunk_included():
+    """``buffer_len`` pads the span's buffer; the plaintext, up to the file's short last
+    chunk, lands at its start and the padding stays zero (a reader never serves it)."""
+    plaintext = plaintext_of(3 * C + 17)
+    blob = seal_blob(plaintext)
+    opener = BlobOpener(KEY, BlobHeader.parse(blob[:HEADER_LEN]))
+    span = opener.open_span(range(2, 4), blob[HEADER_LEN + 2 * 4124 :], buffer_len=4 * C)
+    assert (span.first, span.failures, len(span.plaintext)) == (2, {}, 4 * C)
+    assert span.plaintext[: C + 17] == plaintext[2 * C :]
+    assert span.plaintext[C + 17 :] == bytes(3 * C - 17)
+
+
 def test_a_damaged_record_in_a_span_spoils_only_itself():
     plaintext = plaintext_of(3 * C + 17)
     blob = flipped(seal_blob(plaintext), 8 * (HEADER_LEN + 4124 + 50))

@@ -98,6 +98,15 @@ def test_chunks_for_range_refuses_negative_values(offset: int, length: int):
         ChunkLayout(C, C).chunks_for_range(offset, length)
 
 
+def test_span_len_counts_the_plaintext_of_consecutive_chunks_short_last_one_included():
+    layout = ChunkLayout(C, 3 * C + 5)
+    assert layout.span_len(range(0, 1)) == C
+    assert layout.span_len(range(1, 3)) == 2 * C
+    assert layout.span_len(range(2, 4)) == C + 5
+    assert layout.span_len(range(0, 4)) == 3 * C + 5
+    assert layout.span_len(range(3, 4)) == 5
+
+
 def test_records_span_covers_consecutive_records_exactly():
     layout = ChunkLayout(C, 3 * C + 5)
     assert layout.records_span(range(0, 1)) == (88, 4124)

@@ -348,6 +348,29 @@ def test_spans_of_aligned_and_unaligned_reads_get_one_buffer_size(stream_model):
     assert reader.stats.bytes_decrypted == (16 + 17 + 1 + 8) * chunk
 
 
+def test_spans_of_large_chunks_keep_their_own_sizes(tmp_path: Path):
+    """With 256 KiB chunks a read holds 4: padding every read-sized span to one size would
+    leave up to a fifth of each buffer unused, so spans are made just as long as their
+    chunks."""
+    chunk = 256 * 1024
+    (tmp_path / "src").mkdir()
+    plain = os.urandom(4 * MIB)
+    (tmp_path / "src" / "weights.bin").write_bytes(plain)
+    encrypt_model(tmp_path / "src", tmp_path / "store", KEY, EncryptSettings(chunk_size=chunk))
+    local = LocalStore(tmp_path / "store")
+    manifest = open_manifest(local.read_all(MANIFEST_NAME), KEY)
+    reader = tuned_reader(manifest, local, KEY, cache_bytes=64 * MIB, workers=2)
+
+    async def main():
+        assert await reader.read(0, 0, MIB) == plain[:MIB]  # chunks 0-3
+        unaligned = 2 * MIB - 4096  # chunks 7-11
+        assert await reader.read(0, unaligned, MIB) == plain[unaligned : unaligned + MIB]
+
+    trio.run(main)
+    lengths = [len(reader.cache.find(0, index).plaintext) for index in (0, 7)]
+    assert lengths == [4 * chunk, 5 * chunk]
+
+
 def test_records_fetched_ahead_are_opened_only_when_a_read_reaches_them(stream_model):
     """Prefetched records wait in the cache unopened: the chunks decrypted are the ones
     read, though the store has sent much more."""
