@@ -11,6 +11,10 @@ MUTATIONS = 1000
 
 
 @pytest.mark.expect_log("event=(read_failed|integrity_failed|chunk_rejected)")
+# Each mount closes its files and unmounts at once (force_unmount): the kernel aborts the
+# connection on unmount, ending a RELEASE still unanswered, and pyfuse3 logs the ENOENT of the
+# daemon's late answer to it.
+@pytest.mark.expect_log(r"fuse_release\(\): fuse_reply_\* failed with No such file", optional=True)
 def test_mutation_campaign_never_serves_a_wrong_byte(tmp_path):
     report = run_campaign(tmp_path / "campaign", MUTATIONS, seed=20261127)
     print(report.summary())
